@@ -1,0 +1,153 @@
+"""The ``steadygen`` command: generate, serve, worker, monitor, doctor, bench, models.
+
+Each command reads the settings once, builds what it needs, and turns steadygen's typed
+errors into one clear line and a non-zero exit code (2 for bad input), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from steadygen import __version__
+from steadygen.config import Settings, load_settings
+from steadygen.errors import ConfigError, InvalidRequest, SteadygenError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def edge_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Typed errors become one line on stderr: 2 for bad input or settings, 1 otherwise."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InvalidRequest as exc:
+            for err in exc.errors:
+                click.echo(f"error: {err.field}: {err.message}", err=True)
+            sys.exit(2)
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+        except SteadygenError as exc:
+            _fail(str(exc), 1)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    return load_settings(ctx.obj.get("config"), **overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="steadygen")
+@click.option("--config", type=click.Path(dir_okay=False), help="A TOML settings file.")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, verbose: int) -> None:
+    """steadygen: a Z-Image-Turbo image server that is fast, steady and says why."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--model", help="zimage-turbo, zimage-tiny, or a local checkpoint directory.")
+@click.option("--size", help="WIDTHxHEIGHT, multiples of 16 (default: the model's size).")
+@click.option("--steps", type=int, help="Denoising steps (default 8).")
+@click.option("--guidance", type=float, help="CFG scale; above 0 doubles compute (default 0).")
+@click.option("--seed", type=int, help="0 to 4294967295; random when left out.")
+@click.option("--n", "n", type=int, help="Images for this prompt, 1 to 4.")
+@click.option("--negative", help="Negative prompt (used when guidance > 0).")
+@click.option("--out", type=click.Path(file_okay=False), default="outputs", show_default=True)
+@click.option("--device", help="cuda:N or cpu (default: cuda:0 when present).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@edge_errors
+def generate(ctx: click.Context, prompt: str, **opts: Any) -> None:
+    """Generate images from PROMPT and write PNGs with their parameters inside."""
+    from steadygen.generate import run_generate
+
+    settings = _settings(ctx, model=opts.pop("model"), device=opts.pop("device"))
+    code = run_generate(settings, prompt, **opts)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--host", help="Address to bind (default 127.0.0.1: this machine only).")
+@click.option("--port", type=int, help="Port (default 7860).")
+@click.option("--model", help="zimage-turbo, zimage-tiny, or a local checkpoint directory.")
+@click.option("--device", help="cuda:N or cpu (default: cuda:0 when present).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Jobs database and images.")
+@click.option("--api-key", help="Require 'Authorization: Bearer KEY' on every API route.")
+@click.option("--max-queue", type=int, help="Waiting jobs before 429 (default 64).")
+@click.option("--concurrency", type=int, help="Jobs run at once (default 1; more is slower).")
+@click.option("--queue", "queue_url", help="redis://host:port/db: enqueue for remote workers.")
+@click.option("--sampler-hz", type=float, help="Telemetry samples per second (0 = off).")
+@click.option("--empty-cache-per-request", is_flag=True, default=None,
+              help="Give cached GPU memory back after each job (the known-bad case).")
+@click.option("--no-warmup", "warmup", flag_value=False, default=None,
+              help="Skip warm-up (the first request pays for it).")
+@click.pass_context
+@edge_errors
+def serve(ctx: click.Context, **opts: Any) -> None:
+    """Run the HTTP server: OpenAI, AUTOMATIC1111 and job APIs, web page, metrics."""
+    from steadygen.serve import run_serve
+
+    settings = _settings(ctx, **opts)
+    sys.exit(run_serve(settings))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@edge_errors
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List the models and whether each can run here."""
+    from steadygen.engine.engine import cuda_available
+    from steadygen.engine.models import availability, builtin_models, default_model_name
+
+    has_cuda = cuda_available()
+    default = default_model_name(has_cuda)
+    rows = []
+    for spec in builtin_models().values():
+        ok, why = availability(spec, has_cuda)
+        rows.append(
+            {
+                "name": spec.name,
+                "available": ok,
+                "default": spec.name == default,
+                "why": why,
+                "description": spec.description,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        mark = "*" if row["default"] else " "
+        state = "available" if row["available"] else "unavailable"
+        click.echo(f"{mark} {row['name']:<14} {state:<12} {row['description']}")
+        click.echo(f"  {'':<14} {'':<12} {row['why']}")
+    click.echo("(* = default on this machine; any local checkpoint directory also works)")
+
+
+def run() -> None:  # pragma: no cover - console entry alias
+    main(obj={})
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(obj={})

@@ -1,0 +1,484 @@
+"""The engine: load a Z-Image pipeline once, keep it warm, and generate with every phase timed.
+
+``generate`` reads top to bottom like diffusers' own ``__call__``: 1. encode the prompt,
+2. prepare and run the denoising loop (each step timed), 3. decode, 4. save, 5. optional
+per-request cache emptying. torch and diffusers are imported here and in the other engine
+modules only.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steadygen.engine import speed
+from steadygen.engine.models import ModelSpec, default_model_name, require_available, resolve_model
+from steadygen.engine.outputs import a1111_parameters, save_png, unique_stem
+from steadygen.engine.timings import StepClock, Timings
+from steadygen.errors import Cancelled, GenerationError, OutOfMemory
+from steadygen.request import SEED_MAX, GenerationRequest
+
+log = logging.getLogger("steadygen.engine")
+
+ALLOC_CONF = "expandable_segments:True"
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """What the step callback receives after each denoising step."""
+
+    step: int  # steps completed, 1-based
+    total: int
+    step_s: float  # host-side length of this step
+    elapsed_s: float  # since the job entered the engine
+    eta_s: float  # remaining seconds, from this job's own steps so far and the decode estimate
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest
+    images: list[Any]  # PIL images
+    paths: list[Path]
+    timings: Timings
+    model: str
+    device: str
+    notes: list[str] = field(default_factory=list)
+    memory: dict[str, float] = field(default_factory=dict)  # allocator stats, bytes
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def configure_allocator() -> bool:
+    """Ask for expandable segments before CUDA initialises, unless the user chose already."""
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
+        return False
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
+    return True
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+class Engine:
+    """One pipeline on one device. ``generate`` is serialised: a pipeline is not thread-safe."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str,
+        cache_dir: Path,
+        options: speed.EngineOptions | None = None,
+    ):
+        self.spec = spec
+        self.device = device
+        self.cache_dir = Path(cache_dir)
+        self.options = options or speed.EngineOptions()
+        self.pipe: Any = None
+        self.load_s: float | None = None
+        self.warmup_s: float = 0.0
+        self.applied: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._warm_shapes: set[tuple[int, int, bool, int]] = set()
+        self._prompt_cache = speed.PromptCache(self.options.prompt_cache_size)
+        self._step_s_by_shape: dict[tuple[int, int, bool, int], float] = {}
+        self.fault_hook: Callable[[str], None] | None = None  # tests inject faults here
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        model: str | None = None,
+        device: str | None = None,
+        cache_dir: Path | str = Path.home() / ".cache" / "steadygen",
+        options: speed.EngineOptions | None = None,
+        turbo_source: str | None = None,
+    ) -> Engine:
+        """Pick the model and device (CUDA when present) and check the model can run here."""
+        set_by_us = configure_allocator()
+        has_cuda = cuda_available()
+        name = model or default_model_name(has_cuda)
+        spec = resolve_model(name, **({"turbo_source": turbo_source} if turbo_source else {}))
+        dev = device or ("cuda:0" if has_cuda else "cpu")
+        if dev.startswith("cuda") and not has_cuda:
+            raise GenerationError(f"device {dev} was asked for but CUDA is not available here")
+        require_available(spec, dev.startswith("cuda"))
+        engine = cls(spec, dev, Path(cache_dir), options)
+        engine.applied["alloc_conf_set_by_steadygen"] = set_by_us
+        return engine
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def loaded(self) -> bool:
+        return self.pipe is not None
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.name
+
+    def load(self) -> float:
+        """Load the pipeline onto the device; returns the seconds it took (0 if loaded)."""
+        with self._lock:
+            return self._load_locked()
+
+    def _load_locked(self) -> float:
+        if self.pipe is not None:
+            return 0.0
+        import torch
+        from diffusers import ZImagePipeline
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+        t0 = time.monotonic()
+        source, local_only = self._source()
+        dtype = torch.bfloat16 if self.is_cuda else torch.float32
+        pipe = ZImagePipeline.from_pretrained(
+            source, dtype=dtype, local_files_only=local_only
+        )
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        self.applied.update(speed.apply_options(pipe, self.options, self.device))
+        self.pipe = pipe
+        self.load_s = time.monotonic() - t0
+        log.info("loaded %s on %s in %.2f s", self.spec.name, self.device, self.load_s)
+        return self.load_s
+
+    def _source(self) -> tuple[str, bool]:
+        if self.spec.kind == "tiny":
+            from steadygen.engine.tiny import ensure_tiny_checkpoint
+
+            return str(ensure_tiny_checkpoint(self.cache_dir)), True
+        if self.spec.kind == "local" or Path(self.spec.source).expanduser().is_dir():
+            return str(Path(self.spec.source).expanduser()), True
+        return self.spec.source, os.environ.get("HF_HUB_OFFLINE") == "1"
+
+    def fork(self) -> Engine:
+        """A second runner on the same weights with its own scheduler, for running more
+        than one generation at once (the scheduler holds the step index)."""
+        import copy
+
+        from diffusers import ZImagePipeline
+
+        with self._lock:
+            self._load_locked()
+            twin = Engine(self.spec, self.device, self.cache_dir, self.options)
+            components = dict(self.pipe.components)
+            components["scheduler"] = copy.deepcopy(self.pipe.scheduler)
+            twin.pipe = ZImagePipeline(**components)
+            twin.pipe.set_progress_bar_config(disable=True)
+            twin.applied = dict(self.applied)
+            twin.load_s = 0.0
+            twin._warm_shapes = self._warm_shapes
+            twin._step_s_by_shape = self._step_s_by_shape
+            return twin
+
+    def warmup(self, sizes: list[tuple[int, int]], steps: int = 2) -> float:
+        """Run each shape once so no request pays first-run costs (cuDNN, compile)."""
+        t0 = time.monotonic()
+        for width, height in sizes:
+            req = GenerationRequest(
+                prompt="warm-up", width=width, height=height, steps=steps, guidance=0.0,
+                seed=0, n=1, model=self.spec.name,
+            )
+            self.generate(req, save_dir=None)
+        self.warmup_s = time.monotonic() - t0
+        return self.warmup_s
+
+    def is_warm(self, width: int, height: int, cfg: bool = False, n: int = 1) -> bool:
+        return (width, height, cfg, n) in self._warm_shapes
+
+    @property
+    def warm(self) -> bool:
+        return bool(self._warm_shapes)
+
+    def step_estimate(self, req: GenerationRequest) -> float | None:
+        """The last measured warm step time for this shape, if any (for ETAs)."""
+        return self._step_s_by_shape.get(_shape(req))
+
+    def versions(self) -> dict[str, str]:
+        import diffusers
+        import torch
+        import transformers
+
+        from steadygen import __version__
+
+        out = {
+            "steadygen": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        }
+        if self.is_cuda:
+            out["cuda"] = str(torch.version.cuda)
+            out["gpu"] = torch.cuda.get_device_name(torch.device(self.device))
+        return out
+
+    # -- generation --------------------------------------------------------------------
+
+    def generate(
+        self,
+        req: GenerationRequest,
+        on_step: Callable[[StepProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+        save_dir: Path | None = None,
+        file_prefix: str = "",
+    ) -> GenerationResult:
+        """Generate ``req.n`` images. Raises Cancelled, OutOfMemory or GenerationError."""
+        with self._lock:
+            t_start = time.monotonic()
+            timings = Timings(marks={"start": t_start})
+            timings.load_s = self._load_locked()
+            try:
+                return self._generate_locked(req, on_step, cancel, save_dir, file_prefix, timings)
+            except Cancelled:
+                raise
+            except Exception as exc:
+                self._recover_memory()
+                if _is_oom(exc):
+                    raise OutOfMemory(
+                        f"out of memory on {self.device} at {req.size}, n={req.n}: try a "
+                        "smaller size or fewer images; memory was returned and the next job "
+                        "can run"
+                    ) from exc
+                if isinstance(exc, GenerationError):
+                    raise
+                raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from exc
+
+    def _generate_locked(
+        self,
+        req: GenerationRequest,
+        on_step: Callable[[StepProgress], None] | None,
+        cancel: threading.Event | None,
+        save_dir: Path | None,
+        file_prefix: str,
+        timings: Timings,
+    ) -> GenerationResult:
+        import torch
+
+        pipe = self.pipe
+        marks = timings.marks
+        shape = _shape(req)
+        timings.first_of_shape = shape not in self._warm_shapes
+        self._fault("start")
+
+        # 1. Encode the prompt (and the negative prompt when CFG is on); cached by text.
+        self._fault("encode")
+        key = (req.prompt, req.negative_prompt if req.uses_cfg else None)
+        cached = self._prompt_cache.get(key)
+        timings.prompt_cache_hit = cached is not None
+        if cached is None:
+            with torch.inference_mode():
+                cached = pipe.encode_prompt(
+                    prompt=req.prompt,
+                    device=pipe._execution_device,
+                    do_classifier_free_guidance=req.uses_cfg,
+                    negative_prompt=req.negative_prompt or None,
+                )
+            self._prompt_cache.put(key, cached)
+        prompt_embeds, negative_embeds = cached
+        marks["encode_end"] = self._sync()
+
+        # 2. Denoise: the pipeline's own loop, each step timed between the transformer's
+        #    first entry and the step-end callback.
+        clock = StepClock(self.is_cuda)
+        generators = [
+            torch.Generator(device="cpu").manual_seed((req.seed + k) % (SEED_MAX + 1))
+            for k in range(req.n)
+        ]
+
+        def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            clock.end()
+            self._fault(f"step:{i + 1}")
+            if on_step is not None:
+                elapsed = time.monotonic() - t_start
+                step_s = clock.host_step_s()
+                avg = (time.monotonic() - (clock.first_start or t_start)) / clock.completed
+                remaining = (req.steps - clock.completed) * avg + step_s * 0.5
+                on_step(StepProgress(i + 1, req.steps, step_s, elapsed, max(0.0, remaining)))
+            if cancel is not None and cancel.is_set() and i + 1 < req.steps:
+                raise Cancelled(at_step=i + 1)
+            return kwargs
+
+        hook = pipe.transformer.register_forward_pre_hook(lambda *_: clock.start())
+        t_start = timings.marks["start"]
+        backend = self.applied.get("attention_backend", "native")
+        try:
+            with torch.inference_mode(), speed.mask_safe_attention(
+                pipe.transformer, backend, needs_mask=req.uses_cfg
+            ):
+                latents = pipe(
+                    prompt_embeds=list(prompt_embeds),
+                    negative_prompt_embeds=list(negative_embeds) if req.uses_cfg else None,
+                    height=req.height,
+                    width=req.width,
+                    num_inference_steps=req.steps,
+                    guidance_scale=req.guidance,
+                    num_images_per_prompt=req.n,
+                    generator=generators,
+                    output_type="latent",
+                    callback_on_step_end=on_step_end,
+                ).images
+        finally:
+            hook.remove()
+        marks["denoise_end"] = self._sync()
+        marks["prepare_end"] = clock.first_start or marks["denoise_end"]
+        timings.steps_s, timings.step_ends = clock.resolve(marks["denoise_end"])
+
+        # 3. Decode the latents into images.
+        self._fault("decode")
+        speed.vae_tiling_for(pipe.vae, self.options.vae_tiling, req.width, req.height)
+        with torch.inference_mode():
+            images = self._decode(latents)
+        marks["decode_end"] = self._sync()
+        self._finish_timings(timings, marks)  # provisional, for the PNG metadata
+
+        # 4. Save PNGs with their parameters inside.
+        self._fault("save")
+        paths: list[Path] = []
+        notes = self._notes(req)
+        if save_dir is not None:
+            stem = unique_stem(file_prefix)
+            for k, image in enumerate(images):
+                seed_k = (req.seed + k) % (SEED_MAX + 1)
+                meta = self._metadata(req, seed_k, k, timings)
+                path = Path(save_dir) / f"{stem}-{k}.png"
+                params = a1111_parameters(req, self.spec.name, seed_k)
+                paths.append(save_png(image, path, parameters=params, metadata=meta))
+        marks["save_end"] = time.monotonic()
+
+        # 5. The known-bad case, on purpose only: give cached memory back after every job.
+        if self.options.empty_cache_per_request:
+            gc.collect()
+            if self.is_cuda:
+                torch.cuda.empty_cache()
+        marks["end"] = self._sync()
+
+        self._finish_timings(timings, marks)
+        memory = self._memory_stats()
+        if not timings.first_of_shape and timings.steps_s:
+            self._step_s_by_shape[shape] = sorted(timings.steps_s)[len(timings.steps_s) // 2]
+        self._warm_shapes.add(shape)
+        return GenerationResult(
+            request=req,
+            images=images,
+            paths=paths,
+            timings=timings,
+            model=self.spec.name,
+            device=self.device,
+            notes=notes,
+            memory=memory,
+            metadata={"versions": self.versions(), "options": self.options_summary()},
+        )
+
+    def _decode(self, latents: Any) -> list[Any]:
+        pipe = self.pipe
+        vae = pipe.vae
+        latents = latents.to(vae.dtype)
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        decoded = vae.decode(latents, return_dict=False)[0]
+        return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
+
+    @staticmethod
+    def _finish_timings(t: Timings, m: dict[str, float]) -> None:
+        t.encode_s = m["encode_end"] - m["start"] - t.load_s
+        t.prepare_s = max(0.0, m["prepare_end"] - m["encode_end"])
+        t.decode_s = m["decode_end"] - m["denoise_end"]
+        last = m.get("end", m["decode_end"])
+        t.save_s = m.get("save_end", m["decode_end"]) - m["decode_end"]
+        t.memory_s = last - m.get("save_end", last)
+        t.total_s = last - m["start"]
+        # On CUDA the event-timed steps can differ slightly from the host interval; whatever
+        # the host saw between the first step and the end of denoising that the steps do not
+        # cover stays in other_s rather than being forced into a phase.
+
+    def _sync(self) -> float:
+        if self.is_cuda:
+            import torch
+
+            torch.cuda.synchronize(torch.device(self.device))
+        return time.monotonic()
+
+    def _fault(self, where: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(where)
+
+    def _recover_memory(self) -> None:
+        gc.collect()
+        if self.is_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _memory_stats(self) -> dict[str, float]:
+        if not self.is_cuda:
+            return {}
+        import torch
+
+        dev = torch.device(self.device)
+        stats = torch.cuda.memory_stats(dev)
+        allocated = float(stats.get("allocated_bytes.all.current", 0))
+        reserved = float(stats.get("reserved_bytes.all.current", 0))
+        return {
+            "allocated_bytes": allocated,
+            "reserved_bytes": reserved,
+            "peak_allocated_bytes": float(stats.get("allocated_bytes.all.peak", 0)),
+            "fragmentation_ratio": (reserved - allocated) / reserved if reserved else 0.0,
+            "alloc_retries": float(stats.get("num_alloc_retries", 0)),
+            "ooms": float(stats.get("num_ooms", 0)),
+        }
+
+    def _notes(self, req: GenerationRequest) -> list[str]:
+        notes = []
+        if req.uses_cfg:
+            notes.append(
+                f"guidance {req.guidance:g} > 0 turns on classifier-free guidance: two "
+                "transformer passes per step, about twice the compute (Turbo uses 0)"
+            )
+        if self.spec.noise_only:
+            notes.append(f"{self.spec.name} has random weights: its images are noise")
+        return notes
+
+    def _metadata(
+        self, req: GenerationRequest, seed: int, index: int, timings: Timings
+    ) -> dict[str, Any]:
+        params = req.to_dict()
+        params["seed"] = seed
+        return {
+            "parameters": params,
+            "index": index,
+            "model": self.spec.name,
+            "device": self.device,
+            "timings": {k: v for k, v in timings.to_dict().items() if k != "marks"},
+            "versions": self.versions(),
+            "options": self.options_summary(),
+        }
+
+    def options_summary(self) -> dict[str, Any]:
+        return {**self.options.to_dict(), "applied": dict(self.applied)}
+
+
+def _shape(req: GenerationRequest) -> tuple[int, int, bool, int]:
+    return (req.width, req.height, req.uses_cfg, req.n)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    oom_types: tuple[type[BaseException], ...] = (MemoryError,)
+    if hasattr(torch, "OutOfMemoryError"):
+        oom_types += (torch.OutOfMemoryError,)
+    return isinstance(exc, oom_types) or "out of memory" in str(exc).lower()

@@ -1,0 +1,207 @@
+"""GenerationRequest and the validation every entry point shares.
+
+The CLI, the OpenAI, AUTOMATIC1111 and native HTTP APIs, the web page and the benchmark all
+turn their input into a plain mapping and call ``validate_request``. Every broken rule is
+reported, each naming its field, the allowed range and the value received; nothing is
+clamped silently.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from steadygen.config import Limits
+from steadygen.errors import FieldError, InvalidRequest
+
+# Z-Image-Turbo's settings on diffusers 0.39 and later (8 forwards, no CFG).
+DEFAULT_STEPS = 8
+DEFAULT_GUIDANCE = 0.0
+DEFAULT_SIDE = 1024
+SEED_MAX = 2**32 - 1
+SIDE_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Validated parameters of one generation. ``seed`` is always set (random if not given)."""
+
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    n: int
+    model: str
+    negative_prompt: str = ""
+    seed_was_random: bool = False
+
+    @property
+    def uses_cfg(self) -> bool:
+        """Guidance above 0 turns on classifier-free guidance: two forwards per step."""
+        return self.guidance > 0
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationRequest:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def parse_size(text: Any, field: str = "size") -> tuple[int, int]:
+    """'1024x768' -> (1024, 768), or an InvalidRequest naming the field."""
+    if isinstance(text, str):
+        parts = text.lower().replace("×", "x").split("x")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            return int(parts[0]), int(parts[1])
+    raise InvalidRequest(
+        [FieldError(field, f"must look like WIDTHxHEIGHT, for example 1024x1024 (got {text!r})")]
+    )
+
+
+class _Checker:
+    """Collects every broken rule instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def fail(self, field: str, message: str) -> None:
+        self.errors.append(FieldError(field, message))
+
+    def integer(
+        self, field: str, value: Any, lo: int, hi: int, rule: str | None = None
+    ) -> int | None:
+        rule = rule or f"a whole number from {lo} to {hi}"
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            self.fail(field, f"must be {rule} (got {value!r})")
+            return None
+        try:
+            number = float(value) if not isinstance(value, int) else value
+        except ValueError:
+            self.fail(field, f"must be {rule} (got {value!r})")
+            return None
+        if isinstance(number, float) and (not math.isfinite(number) or number != int(number)):
+            self.fail(field, f"must be {rule} (got {value!r})")
+            return None
+        whole = int(number)
+        if not lo <= whole <= hi:
+            self.fail(field, f"must be from {lo} to {hi} (got {whole})")
+            return None
+        return whole
+
+    def number(self, field: str, value: Any, lo: float, hi: float) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            self.fail(field, f"must be a number from {lo:g} to {hi:g} (got {value!r})")
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(field, f"must be a number from {lo:g} to {hi:g} (got {value!r})")
+            return None
+        if not math.isfinite(number):
+            self.fail(field, f"must be a finite number from {lo:g} to {hi:g} (got {value!r})")
+            return None
+        if not lo <= number <= hi:
+            self.fail(field, f"must be from {lo:g} to {hi:g} (got {number:g})")
+            return None
+        return number
+
+    def text(self, field: str, value: Any, max_chars: int, required: bool) -> str | None:
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            self.fail(field, f"must be text (got {type(value).__name__})")
+            return None
+        if "\x00" in value:
+            self.fail(field, "must not contain NUL characters")
+            return None
+        if required and not value.strip():
+            self.fail(field, f"must not be empty (1 to {max_chars} characters)")
+            return None
+        if len(value) > max_chars:
+            self.fail(field, f"must be at most {max_chars} characters (got {len(value)})")
+            return None
+        return value
+
+
+def validate_request(
+    raw: Mapping[str, Any],
+    *,
+    limits: Limits,
+    models: Iterable[str],
+    default_model: str,
+) -> GenerationRequest:
+    """Check ``raw`` against the shared rules and return a GenerationRequest.
+
+    Keys: prompt, negative_prompt, width, height, steps, guidance, seed, n, model. Missing
+    optional keys take Z-Image-Turbo's defaults. Raises InvalidRequest with every broken rule.
+    """
+    c = _Checker()
+    known = list(models)
+    prompt = c.text("prompt", raw.get("prompt"), limits.max_prompt_chars, required=True)
+    negative = c.text(
+        "negative_prompt", raw.get("negative_prompt"), limits.max_prompt_chars, required=False
+    )
+    side_rule = (
+        f"a multiple of {SIDE_MULTIPLE} from {limits.min_side} to {limits.max_side}"
+    )
+    sides: dict[str, int | None] = {}
+    for name in ("width", "height"):
+        value = raw.get(name, DEFAULT_SIDE)
+        side = c.integer(name, value, -(2**63), 2**63, rule=f"a whole number, {side_rule}")
+        if side is not None and (
+            side % SIDE_MULTIPLE or not limits.min_side <= side <= limits.max_side
+        ):
+            hint = ""
+            if side % SIDE_MULTIPLE and limits.min_side <= side <= limits.max_side:
+                lower = side - side % SIDE_MULTIPLE
+                hint = f"; try {lower} or {lower + SIDE_MULTIPLE}"
+            c.fail(name, f"must be {side_rule} (got {side}){hint}")
+            side = None
+        sides[name] = side
+    width, height = sides["width"], sides["height"]
+    if width and height and width * height > limits.max_pixels:
+        c.fail(
+            "size",
+            f"width x height must be at most {limits.max_pixels} pixels "
+            f"(got {width}x{height} = {width * height})",
+        )
+    steps = c.integer("steps", raw.get("steps", DEFAULT_STEPS), 1, limits.max_steps)
+    guidance = c.number(
+        "guidance", raw.get("guidance", DEFAULT_GUIDANCE), 0.0, limits.max_guidance
+    )
+    n = c.integer("n", raw.get("n", 1), 1, limits.max_n)
+    raw_seed = raw.get("seed")
+    seed: int | None
+    if raw_seed is None:
+        seed, random_seed = secrets.randbelow(SEED_MAX + 1), True
+    else:
+        seed, random_seed = c.integer("seed", raw_seed, 0, SEED_MAX), False
+    model = raw.get("model") or default_model
+    if not isinstance(model, str) or model not in known:
+        c.fail("model", f"must be one of {', '.join(known)} (got {model!r})")
+    if c.errors:
+        raise InvalidRequest(c.errors)
+    assert prompt is not None and width and height and steps and n is not None
+    assert guidance is not None and seed is not None and negative is not None
+    return GenerationRequest(
+        prompt=prompt,
+        negative_prompt=negative,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        n=n,
+        model=str(model),
+        seed_was_random=random_seed,
+    )

@@ -1,0 +1,58 @@
+"""build_app(settings, service): the FastAPI application, composed explicitly."""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from steadygen import __version__
+from steadygen.config import Settings
+from steadygen.server import (
+    routes_a1111,
+    routes_jobs,
+    routes_openai,
+    routes_ops,
+    routes_telemetry,
+    web,
+)
+from steadygen.server.errors import install_error_handlers
+from steadygen.server.metrics import StateCollector
+from steadygen.server.security import BodyLimit, require_key
+from steadygen.server.service import Service
+
+
+def build_app(settings: Settings, service: Service) -> FastAPI:
+    app = FastAPI(
+        title="steadygen",
+        version=__version__,
+        description="Z-Image-Turbo image generation whose timing is fast, steady and explained.",
+        dependencies=[Depends(require_key(settings.api_key))],
+    )
+    install_error_handlers(app)
+    for module in (routes_ops, routes_jobs, routes_openai, routes_a1111, routes_telemetry, web):
+        app.include_router(module.router(service))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    sampler = service.sampler
+    service.metrics.registry.register(
+        StateCollector(
+            counts=service.queue.counts,
+            model_state=lambda: {**service.state(), "version": __version__,
+                                 "model": service.model_name, "device": service.device},
+            gauges=sampler.gauges if sampler is not None else None,
+            alert_counts=_alert_counts(sampler),
+        )
+    )
+    app.state.service = service
+    return app
+
+
+def _alert_counts(sampler):
+    alerts = getattr(sampler, "alerts", None)
+    return alerts.counts if alerts is not None else None

@@ -1,0 +1,84 @@
+"""Request bodies of the HTTP APIs, as pydantic models (they make the OpenAPI schema).
+
+Types are checked here; ranges are checked by steadygen.request.validate_request, the same
+rules for every entry point, because the bounds come from the settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobCreate(BaseModel):
+    """POST /v1/jobs"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="What to draw.")
+    negative_prompt: str | None = Field(None, description="Used only when guidance > 0.")
+    width: int | None = Field(None, description="Multiple of 16; default: the model's size.")
+    height: int | None = Field(None, description="Multiple of 16; default: the model's size.")
+    size: str | None = Field(None, description="WIDTHxHEIGHT, instead of width and height.")
+    steps: int | None = Field(None, description="Denoising steps (default 8).")
+    guidance: float | None = Field(None, description="CFG scale; > 0 doubles compute.")
+    seed: int | None = Field(None, description="0 to 4294967295; random when left out.")
+    n: int | None = Field(None, description="Images, 1 to 4.")
+    model: str | None = None
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
+
+
+class OpenAIImageRequest(BaseModel):
+    """POST /v1/images/generations (OpenAI's fields, plus steadygen's extensions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    model: str | None = None
+    n: int | None = 1
+    size: str | None = Field(None, description="WIDTHxHEIGHT or 'auto'.")
+    response_format: Literal["b64_json", "url"] | None = "b64_json"
+    # OpenAI fields accepted for compatibility; they do not change the image.
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+    background: str | None = None
+    moderation: str | None = None
+    output_format: Literal["png"] | None = None
+    # steadygen extensions
+    steps: int | None = None
+    seed: int | None = None
+    guidance: float | None = None
+    negative_prompt: str | None = None
+
+
+class A1111Txt2Img(BaseModel):
+    """POST /sdapi/v1/txt2img. A1111 clients send many more fields (samplers, hires fix,
+    scripts); those are accepted and ignored, as they have no meaning for Z-Image."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str | None = ""
+    width: int = 1024
+    height: int = 1024
+    steps: int = 8
+    cfg_scale: float = 0.0
+    seed: int = -1
+    batch_size: int = 1
+    n_iter: int = 1
+    sampler_name: str | None = None
+    override_settings: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    errors: list[dict[str, str]] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

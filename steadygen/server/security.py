@@ -1,0 +1,90 @@
+"""The API key check and the request body limit."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import HTTPException, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from steadygen.server.errors import error_response
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
+OPEN_PREFIXES = ("/static/",)
+
+
+def require_key(expected: str | None):
+    """A FastAPI dependency: ``Authorization: Bearer <key>`` when a key is configured."""
+
+    async def check(request: Request) -> None:
+        if expected is None:
+            return
+        path = request.url.path
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(
+                401, "authorization: missing; send 'Authorization: Bearer <API key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not secrets.compare_digest(token.encode(), expected.encode()):
+            raise HTTPException(
+                401, "authorization: the API key is wrong", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    return check
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        if declared is not None:
+            await self.app(scope, receive, send)
+            return
+        # No declared length (chunked): read the body here, up to the limit, then replay it.
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413, f"body: request body is larger than {self.max_bytes} bytes", param="body",
+            code="too_large",
+        )
+        await response(scope, receive, send)
+
