@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 WINDOW = 50
@@ -54,6 +54,7 @@ class Expectation:
     step_s: float  # median step
     phases: dict[str, float]  # median per phase
     exact: bool = True  # False when scaled from another shape
+    signals: dict[str, float] = field(default_factory=dict)  # median run delay, clock, ...
 
     @property
     def tail_s(self) -> float:
@@ -68,6 +69,7 @@ class Expectation:
             "step_s": self.step_s,
             "phases": self.phases,
             "exact": self.exact,
+            "signals": self.signals,
         }
 
 
@@ -76,6 +78,7 @@ class WarmRun:
     total_s: float
     steps_s: tuple[float, ...]
     phases: dict[str, float]
+    signals: dict[str, float]
 
 
 class Baselines:
@@ -84,8 +87,11 @@ class Baselines:
         self._runs: dict[ShapeKey, deque[WarmRun]] = {}
         self._lock = threading.Lock()
 
-    def add(self, key: ShapeKey, timings: dict[str, Any]) -> bool:
-        """Record one finished job's timings; only warm runs count. Returns whether it did."""
+    def add(
+        self, key: ShapeKey, timings: dict[str, Any], signals: dict[str, float] | None = None
+    ) -> bool:
+        """Record one finished job's timings (and its telemetry signals: run-queue delay,
+        CPU seconds, SM clock); only warm runs count. Returns whether it did."""
         if timings.get("first_of_shape") or timings.get("load_s", 0) > 0:
             return False
         if timings.get("warmup_s", 0) > 0 or not timings.get("steps_s"):
@@ -99,7 +105,10 @@ class Baselines:
             "memory": float(timings.get("memory_s", 0.0)),
             "other": float(timings.get("other_s", 0.0)),
         }
-        run = WarmRun(float(timings["total_s"]), tuple(map(float, timings["steps_s"])), phases)
+        run = WarmRun(
+            float(timings["total_s"]), tuple(map(float, timings["steps_s"])), phases,
+            dict(signals or {}),
+        )
         with self._lock:
             self._runs.setdefault(key, deque(maxlen=self.window)).append(run)
         return True
@@ -129,6 +138,7 @@ class Baselines:
             step_s=base.step_s * step_scale,
             phases={p: s * scale for p, s in base.phases.items()},
             exact=False,
+            signals=_scaled_signals(base.signals, scale),
         )
 
     def keys(self) -> list[ShapeKey]:
@@ -139,10 +149,20 @@ class Baselines:
 def _expectation(key: ShapeKey, runs: list[WarmRun]) -> Expectation:
     steps = [s for r in runs for s in r.steps_s]
     phases = {p: statistics.median(r.phases[p] for r in runs) for p in runs[0].phases}
+    names = {n for r in runs for n in r.signals}
+    signals = {
+        n: statistics.median(r.signals[n] for r in runs if n in r.signals) for n in sorted(names)
+    }
     return Expectation(
         key=key,
         runs=len(runs),
         total_s=statistics.median(r.total_s for r in runs),
         step_s=statistics.median(steps) if steps else 0.0,
         phases=phases,
+        signals=signals,
     )
+
+
+def _scaled_signals(signals: dict[str, float], scale: float) -> dict[str, float]:
+    """Amounts (seconds) scale with the work; rates (clock) do not."""
+    return {n: v * scale if n.endswith("_s") else v for n, v in signals.items()}

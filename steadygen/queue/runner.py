@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steadygen.analysis.attribute import signals_of
 from steadygen.analysis.baseline import Baselines, Expectation, ShapeKey
 from steadygen.engine.engine import Engine, GenerationResult, StepProgress
 from steadygen.request import GenerationRequest
@@ -119,11 +120,17 @@ def run_job(
         record["telemetry"] = window.summary()
     if ctx.diagnose is not None:
         record["diagnosis"] = ctx.diagnose(
-            key=key, expectation=exp, timings=result.timings, window=window,
-            engine=engine, request=req,
+            job_id=job_id, key=key, expectation=exp, timings=result.timings, window=window,
+            engine=engine, recompiles=int(result.metadata.get("recompiles", 0)),
         )
-    ctx.baselines.add(key, record["timings"])
+    signals = signals_of(window, _gpu_index(engine.device))
+    record["signals"] = signals
+    ctx.baselines.add(key, record["timings"], signals)
     return record
+
+
+def _gpu_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
 
 
 def result_record(ctx: RunContext, result: GenerationResult, key: ShapeKey) -> dict[str, Any]:
