@@ -112,6 +112,39 @@ def serve(ctx: click.Context, **opts: Any) -> None:
 
 
 @main.command()
+@click.option("--config", "configs", multiple=True,
+              help="NAME:key=value,... settings overrides (or NAME=file.toml); repeat for A/B.")
+@click.option("--url", help="Benchmark a running server instead of in-process ones.")
+@click.option("--api-key", help="Key for --url.")
+@click.option("--model", help="Model for in-process targets.")
+@click.option("--size", default=None, help="WIDTHxHEIGHT (default: the model's size).")
+@click.option("--steps", type=int, default=8, show_default=True)
+@click.option("--guidance", type=float, default=0.0, show_default=True)
+@click.option("--n", "n", type=int, default=1, show_default=True)
+@click.option("--runs", type=int, default=20, show_default=True, help="Timed runs per config.")
+@click.option("--rounds", type=int, default=4, show_default=True,
+              help="Interleaved rounds (configs alternate order each round).")
+@click.option("--clients", type=int, default=1, show_default=True,
+              help="Closed loop: concurrent clients.")
+@click.option("--rate", type=float, help="Open loop: Poisson arrivals per second.")
+@click.option("--warmup-runs", type=int, default=2, show_default=True,
+              help="Runs per config before timing (excluded, reported).")
+@click.option("--interfere", help="cpu[:procs=N] | gpu[:size=N] | vram[:gib=N] in marked rounds.")
+@click.option("--interfere-every", type=int, default=2, show_default=True,
+              help="Interfere in every Kth round.")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-report",
+              show_default=True)
+@click.pass_context
+@edge_errors
+def bench(ctx: click.Context, **opts: Any) -> None:
+    """A/B benchmark: closed or open loop, interleaved configs, interference, report."""
+    from steadygen.bench.cli import run_bench_command
+
+    settings = _settings(ctx, model=opts.pop("model"))
+    sys.exit(run_bench_command(settings, opts, " ".join(sys.argv)))
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @edge_errors

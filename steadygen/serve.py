@@ -60,7 +60,7 @@ def rebuild_baselines(store: JobStore, engine: Engine, limit: int = 1000) -> Bas
         if shape and timings:
             key = shape_key(engine, job.request)
             if key.to_dict() == shape:
-                baselines.add(key, timings)
+                baselines.add(key, timings, (job.result or {}).get("signals"))
     return baselines
 
 
@@ -76,7 +76,7 @@ class Server:
         self.metrics = Metrics()
         self.baselines = rebuild_baselines(self.store, self.engine)
         self.hub = EventHub()
-        self.diagnose: Callable[..., Any] | None = _attribution(settings)
+        self.diagnose: Callable[..., Any] | None = _attribution(settings, self.sampler)
         self.contexts = [self._context(self.engine)]
         self.queue = LocalQueue(
             self.store,
@@ -134,8 +134,10 @@ class Server:
         self.store.close()
 
 
-def _attribution(settings: Settings) -> Callable[..., Any] | None:
-    return None
+def _attribution(settings: Settings, sampler: Any = None) -> Callable[..., Any]:
+    from steadygen.analysis.attribute import make_diagnoser
+
+    return make_diagnoser(settings.slow_margin, sampler=sampler, on_slow=log.warning)
 
 
 def run_serve(settings: Settings) -> int:
