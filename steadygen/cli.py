@@ -17,7 +17,7 @@ import click
 
 from steadygen import __version__
 from steadygen.config import Settings, load_settings
-from steadygen.errors import ConfigError, InvalidRequest, SteadygenError
+from steadygen.errors import ConfigError, FieldError, InvalidRequest, SteadygenError
 
 
 def _fail(message: str, code: int) -> None:
@@ -142,6 +142,32 @@ def bench(ctx: click.Context, **opts: Any) -> None:
 
     settings = _settings(ctx, model=opts.pop("model"))
     sys.exit(run_bench_command(settings, opts, " ".join(sys.argv)))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.pass_context
+@edge_errors
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check this machine for causes of slow or jittery generation; print the fixes."""
+    from steadygen.doctor import run_doctor
+
+    sys.exit(run_doctor(_settings(ctx), as_json))
+
+
+@main.command()
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds.")
+@click.option("--once", is_flag=True, help="One reading, then exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print readings as JSON.")
+@click.pass_context
+@edge_errors
+def monitor(ctx: click.Context, interval: float, once: bool, as_json: bool) -> None:
+    """A live view of the GPU and the host: clocks, throttling, other processes, pressure."""
+    from steadygen.monitor import run_monitor
+
+    if not 0.05 <= interval <= 60:
+        raise InvalidRequest([FieldError("--interval", f"must be 0.05 to 60 s (got {interval})")])
+    sys.exit(run_monitor(interval, once, as_json))
 
 
 @main.command()
