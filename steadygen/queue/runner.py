@@ -123,6 +123,10 @@ def run_job(
             job_id=job_id, key=key, expectation=exp, timings=result.timings, window=window,
             engine=engine, recompiles=int(result.metadata.get("recompiles", 0)),
         )
+    alerts = getattr(ctx.sampler, "alerts", None)
+    fragmentation = result.memory.get("fragmentation_ratio")
+    if alerts is not None and fragmentation is not None:
+        alerts.observe_fragmentation(fragmentation)
     signals = signals_of(window, _gpu_index(engine.device))
     record["signals"] = signals
     ctx.baselines.add(key, record["timings"], signals)

@@ -1,0 +1,190 @@
+"""The sampler: backend choice, job windows, counter deltas, a thread that does not die."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import pytest
+
+from steadygen.telemetry import Alerts, GpuReading, Sampler
+from steadygen.telemetry.host import HostBackend
+
+from . import fake_pynvml as fk
+from .fake_pynvml import FakeNvml, FakeProcess
+from .helpers import FakeClock, sample
+
+
+def test_window_holds_exactly_the_samples_between_its_edges() -> None:
+    clock = FakeClock(100.0)
+    sampler = Sampler(interval_s=0, enable_gpu=False, clock=clock)
+    sampler.record(sample(99.9))
+    mark = sampler.begin_job("job-1")
+    for t in (100.0, 100.5, 101.0):
+        sampler.record(sample(t))
+    clock.t = 101.0
+    sampler.record(sample(101.1))  # after the end edge
+    window = sampler.end_job(mark)
+    assert [s.t_mono for s in window.samples] == [100.0, 100.5, 101.0]
+    assert (window.t_start, window.t_end) == (100.0, 101.0)
+    assert [s.t_mono for s in window.slice(100.2, 101.0)] == [100.5, 101.0]
+    assert window.series("gpu.0.sm_clock_hz") == [(100.0, 1.98e9), (100.5, 1.98e9), (101.0, 1.98e9)]
+    with pytest.raises(ValueError, match="field path"):
+        window.series("sm_clock_hz")
+
+
+def test_sampler_off_still_gives_counter_deltas() -> None:
+    sampler = Sampler(interval_s=0, enable_gpu=False)
+    sampler.start()
+    assert not sampler.running
+    mark = sampler.begin_job("j")
+    sum(range(300_000))
+    window = sampler.end_job(mark)
+    assert window.samples == []
+    assert window.deltas.cpu_s is not None and window.deltas.cpu_s >= 0
+    assert window.deltas.ctx_voluntary is not None
+    summary = window.summary()
+    assert summary["n_samples"] == 0 and summary["gpus"] == {}
+    assert sampler.gpu_backend_name == "none"
+    sampler.stop()
+
+
+def test_no_gpu_says_so_once(
+    fake_nvml: FakeNvml, no_nvidia_smi: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_nvml.init_error = fk.NVML_ERROR_LIBRARY_NOT_FOUND
+    with caplog.at_level(logging.INFO, logger="steadygen.telemetry"):
+        sampler = Sampler(interval_s=0)
+    assert sampler.gpu_backend_name == "none"
+    assert "NVML Shared Library Not Found" in sampler.gpu_status_reason or (
+        "NVML cannot start" in sampler.gpu_status_reason
+    )
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith("no NVIDIA GPU telemetry: ")
+    assert lines[0].endswith("; host telemetry only")
+
+
+def test_replayed_thermal_drop_and_foreign_process(fake_nvml: FakeNvml) -> None:
+    """The scenario attribution replays: clocks fall under a thermal reason, a process joins."""
+    clock = FakeClock(10.0)
+    alerts = Alerts()
+    sampler = Sampler(
+        interval_s=0,
+        process_every_s=0,
+        clock=clock,
+        alerts=alerts,
+        host_backend=HostBackend(scan_every_s=1e9),
+    )
+    assert sampler.gpu_backend_name == "nvml"
+    dev = fake_nvml.devices[0]
+    dev.update(util_gpu=99, temp_c=70)
+    dev.add_process(FakeProcess(pid=os.getpid(), used_bytes=20 << 30))
+    mark = sampler.begin_job("job-hot")
+    for step in range(6):
+        clock.t = 10.1 + step * 0.1
+        if step == 3:
+            dev.update(sm_clock_mhz=1400, clock_events=fk.SW_THERMAL, temp_c=88)
+            dev.add_process(FakeProcess(pid=4_194_001, used_bytes=6 << 30))
+        sampler.tick()
+    dev.add_energy(120.0)
+    dev.add_throttle("sw_thermal", 0.3)
+    clock.t = 10.7
+    window = sampler.end_job(mark)
+    sampler.stop()
+
+    assert len(window.samples) == 6
+    summary = window.summary()
+    g0 = summary["gpus"]["0"]
+    assert g0["sm_clock_hz"]["min"] == pytest.approx(1.4e9)
+    assert g0["sm_clock_hz"]["max"] == pytest.approx(1.98e9)
+    assert g0["clock_event_fraction"] == {"sw_thermal": 0.5}
+    assert g0["energy_j"] == pytest.approx(120.0)
+    assert g0["throttle_s"]["sw_thermal"] == pytest.approx(0.3)
+    assert g0["throttle_s"]["sw_power_cap"] == 0
+    foreign = summary["foreign_gpu_processes"]
+    assert [(p["pid"], p["max_used_bytes"]) for p in foreign] == [(4_194_001, 6 << 30)]
+    assert [p.pid for p in window.processes if p.ours] == [os.getpid()]
+    assert alerts.counts()["gpu_temperature"] == 1
+    assert alerts.counts()["foreign_gpu_process"] == 1
+    assert window.to_dict()["deltas"]["gpus"][0]["energy_j"] == pytest.approx(120.0)
+
+
+class _FlakyGpu:
+    """A GPU backend whose reads fail now and then."""
+
+    name = "flaky"
+    periodic_processes = False
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read_gpus(self) -> list[GpuReading]:
+        self.reads += 1
+        if self.reads in (2, 4):
+            raise RuntimeError("driver hiccup")
+        return [GpuReading(index=0, sm_clock_hz=1e9)]
+
+    def read_processes(self, own_pids: set[int]) -> list:  # type: ignore[type-arg]
+        return []
+
+    def read_counters(self) -> list:  # type: ignore[type-arg]
+        return []
+
+    def static_info(self) -> list:  # type: ignore[type-arg]
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_thread_survives_reading_errors(caplog: pytest.LogCaptureFixture) -> None:
+    got: list[float] = []
+    enough = threading.Event()
+
+    def listener(s: object) -> None:
+        got.append(s.t_mono)  # type: ignore[attr-defined]
+        if len(got) >= 5:
+            enough.set()
+
+    sampler = Sampler(
+        interval_s=0.005, gpu_backend=_FlakyGpu(), host_backend=HostBackend(scan_every_s=1e9)
+    )
+    sampler.subscribe(listener)
+    with caplog.at_level(logging.ERROR, logger="steadygen.telemetry"):
+        sampler.start()
+        try:
+            assert enough.wait(timeout=30), "the sampler thread stopped producing samples"
+            assert sampler.running
+        finally:
+            sampler.stop()
+    assert not sampler.running
+    stats = sampler.stats()
+    assert stats.errors == 2 and stats.ticks >= 5
+    assert len([r for r in caplog.records if "telemetry sample failed" in r.getMessage()]) == 1
+    latest = sampler.latest()
+    assert latest is not None and latest.gpus[0].sm_clock_hz == 1e9
+    assert got == sorted(got)
+    assert any(name == "gpu_sm_clock_hertz" for name, _, _ in sampler.gauges())
+
+
+def test_ring_is_bounded() -> None:
+    sampler = Sampler(interval_s=0, enable_gpu=False, ring_size=3)
+    for t in range(10):
+        sampler.record(sample(float(t)))
+    assert [s.t_mono for s in sampler.samples_between(0, 100)] == [7.0, 8.0, 9.0]
+
+
+def test_negative_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="interval_s must be 0"):
+        Sampler(interval_s=-1, enable_gpu=False)
+
+
+def test_stop_is_idempotent_and_final(fake_nvml: FakeNvml) -> None:
+    sampler = Sampler(interval_s=0.05, host_backend=HostBackend(scan_every_s=1e9))
+    sampler.stop()
+    sampler.stop()
+    assert fake_nvml.calls["nvmlShutdown"] == 1
+    with pytest.raises(RuntimeError, match="cannot start again"):
+        sampler.start()
