@@ -17,7 +17,13 @@ import click
 
 from steadygen import __version__
 from steadygen.config import Settings, load_settings
-from steadygen.errors import ConfigError, FieldError, InvalidRequest, SteadygenError
+from steadygen.errors import (
+    ConfigError,
+    FieldError,
+    InvalidRequest,
+    SteadygenError,
+    UnknownModel,
+)
 
 
 def _fail(message: str, code: int) -> None:
@@ -36,7 +42,7 @@ def edge_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             for err in exc.errors:
                 click.echo(f"error: {err.field}: {err.message}", err=True)
             sys.exit(2)
-        except ConfigError as exc:
+        except (ConfigError, UnknownModel) as exc:
             _fail(str(exc), 2)
         except SteadygenError as exc:
             _fail(str(exc), 1)
@@ -67,10 +73,11 @@ def main(ctx: click.Context, config: str | None, verbose: int) -> None:
 @click.argument("prompt")
 @click.option("--model", help="zimage-turbo, zimage-tiny, or a local checkpoint directory.")
 @click.option("--size", help="WIDTHxHEIGHT, multiples of 16 (default: the model's size).")
-@click.option("--steps", type=int, help="Denoising steps (default 8).")
-@click.option("--guidance", type=float, help="CFG scale; above 0 doubles compute (default 0).")
-@click.option("--seed", type=int, help="0 to 4294967295; random when left out.")
-@click.option("--n", "n", type=int, help="Images for this prompt, 1 to 4.")
+# Typed as text: the shared validation gives the rule and the allowed range.
+@click.option("--steps", help="Denoising steps, 1 to 100 (default 8).")
+@click.option("--guidance", help="CFG scale; above 0 doubles compute (default 0).")
+@click.option("--seed", help="0 to 4294967295; random when left out.")
+@click.option("--n", "n", help="Images for this prompt, 1 to 4.")
 @click.option("--negative", help="Negative prompt (used when guidance > 0).")
 @click.option("--out", type=click.Path(file_okay=False), default="outputs", show_default=True)
 @click.option("--device", help="cuda:N or cpu (default: cuda:0 when present).")
@@ -168,6 +175,32 @@ def monitor(ctx: click.Context, interval: float, once: bool, as_json: bool) -> N
     if not 0.05 <= interval <= 60:
         raise InvalidRequest([FieldError("--interval", f"must be 0.05 to 60 s (got {interval})")])
     sys.exit(run_monitor(interval, once, as_json))
+
+
+@main.command()
+@click.option("--queue", "queue_url", help="redis://host:port/db (or STEADYGEN_QUEUE_URL).")
+@click.option("--model", help="zimage-turbo, zimage-tiny, or a local checkpoint directory.")
+@click.option("--device", help="cuda:N or cpu (default: cuda:0 when present).")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="The data directory shared with the API (images go there).")
+@click.option("--metrics-port", type=int, help="This worker's /metrics port (default 9400; "
+              "0 picks a free one).")
+@click.option("--cpu-threads", type=int, help="CPU threads for torch (sets OMP_NUM_THREADS); "
+              "use 1 when several workers share a CPU.")
+@click.option("--sampler-hz", type=float, help="Telemetry samples per second (0 = off).")
+@click.option("--no-warmup", "warmup", flag_value=False, default=None,
+              help="Skip warm-up (the first job pays for it).")
+@click.pass_context
+@edge_errors
+def worker(ctx: click.Context, cpu_threads: int | None, **opts: Any) -> None:
+    """Run jobs from a Redis stream on one device: one worker per GPU, behind `serve --queue`."""
+    from steadygen.worker import run_worker
+
+    settings = _settings(ctx, **opts)
+    if not settings.queue_url:
+        raise ConfigError("a worker needs a queue: --queue redis://HOST:6379/0, or set "
+                          "STEADYGEN_QUEUE_URL")
+    sys.exit(run_worker(settings, cpu_threads=cpu_threads))
 
 
 @main.command()

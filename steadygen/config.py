@@ -120,6 +120,15 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             return raw
         if isinstance(raw, list):
             return tuple(raw)
+        base = kind_s.split("|")[0].strip()
+        type_ok = {
+            "bool": lambda v: isinstance(v, bool),
+            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "str": lambda v: isinstance(v, str),
+        }.get(base)
+        if raw is not None and type_ok is not None and not type_ok(raw):
+            raise ValueError(raw)
         if "Path" in kind_s and raw is not None:
             return Path(raw).expanduser()
         return raw

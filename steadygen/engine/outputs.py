@@ -3,6 +3,7 @@ which image viewers and A1111 tools read, and a ``steadygen`` JSON chunk with ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -57,7 +58,8 @@ def save_png(
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the parent is a file: nothing to clean
+            tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
