@@ -15,6 +15,7 @@ from steadygen.request import parse_size
 
 
 def run_bench_command(settings: Settings, opts: dict[str, Any], command: str) -> int:
+    command = _readable(command)
     configs = [BenchConfig.parse(c) for c in opts["configs"]]
     if len({c.name for c in configs}) != len(configs):
         raise ConfigError("--config names must differ")
@@ -59,3 +60,9 @@ def run_bench_command(settings: Settings, opts: dict[str, Any], command: str) ->
     print(paths["markdown"].read_text())
     say("report: " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _readable(command: str) -> str:
+    """The command as a user types it: ``steadygen bench ...``, not the script's full path."""
+    first, _, rest = command.partition(" ")
+    return f"{Path(first).name} {rest}" if first.endswith("steadygen") else command

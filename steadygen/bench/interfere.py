@@ -4,6 +4,7 @@ time, and is stopped by its pid when the marked runs are over."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,11 @@ from steadygen.errors import ConfigError
 
 KINDS = ("cpu", "gpu", "vram")
 CPU_BURNER = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass\n"
+# A CPU burner counts as started once it has run this much CPU: the interpreter's start-up
+# takes ~0.05 s of CPU, and on a loaded machine far longer in wall time, so without the wait
+# the first marked run would meet little interference.
+READY_CPU_S = 0.1
+READY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,11 @@ class InterferenceSpec:
                 )
             except ValueError:
                 raise ConfigError(f"--interfere {name} must be a number (got {raw!r})") from None
+            if name == "procs" and values[name] < 0:  # type: ignore[operator]
+                raise ConfigError(f"--interfere procs must be 0 (one per core) or more "
+                                  f"(got {raw!r})")
+            if name in ("size", "gib", "seconds") and values[name] <= 0:  # type: ignore[operator]
+                raise ConfigError(f"--interfere {name} must be above 0 (got {raw!r})")
         return cls(kind=kind, **values)  # type: ignore[arg-type]
 
     @property
@@ -76,17 +87,53 @@ class Interferer:
                                  stderr=subprocess.DEVNULL)
             self._procs.append(p)
             self.pids.append(p.pid)
-        if s.kind != "cpu":
+        if s.kind == "cpu":
+            self._wait_running()
+        else:
             time.sleep(3.0)  # let CUDA initialise so the interference is real when runs start
+        self._check_alive()
         return self
+
+    def _check_alive(self) -> None:
+        """An interferer that exited at once would leave the marked runs undisturbed and
+        the report wrong: stop everything and say why."""
+        dead = [(p.pid, p.returncode) for p in self._procs if p.poll() is not None]
+        if not dead:
+            return
+        self.stop()
+        pid, code = dead[0]
+        hint = " (2: no CUDA GPU here, or no such device)" if code == 2 else ""
+        raise ConfigError(
+            f"the {self.spec.kind} interferer (pid {pid}) exited at once with code {code}"
+            f"{hint}; try it alone: python -m steadygen.engine.burn {self.spec.kind} --seconds 5"
+            if self.spec.kind != "cpu" else
+            f"a CPU burner (pid {pid}) exited at once with code {code}"
+        )
+
+    def _wait_running(self) -> None:
+        """Return once every burner is spinning (or has died, or after READY_TIMEOUT_S)."""
+        import psutil
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = list(self._procs)
+        while waiting and time.monotonic() < deadline:
+            still = []
+            for p in waiting:
+                try:
+                    times = psutil.Process(p.pid).cpu_times()
+                except psutil.Error:
+                    continue
+                if p.poll() is None and times.user + times.system < READY_CPU_S:
+                    still.append(p)
+            waiting = still
+            if waiting:
+                time.sleep(0.02)
 
     def stop(self) -> None:
         for p in self._procs:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             p.wait(timeout=10)
         self._procs.clear()
 

@@ -15,7 +15,9 @@ from typing import Any
 
 from steadygen import __version__
 from steadygen.bench.runner import BenchPlan, RunRecord
-from steadygen.bench.stats import bootstrap_difference, summarize, value_range
+from steadygen.bench.stats import bootstrap_ci, bootstrap_difference, summarize, value_range
+
+CI_STATISTICS = ("mean", "cv", "p99_over_p50", "p50", "p99")
 
 CAUSE_COLOURS = {
     None: "#4c78a8",
@@ -29,7 +31,8 @@ CAUSE_COLOURS = {
 
 
 def analyse(records: Sequence[RunRecord], names: Sequence[str]) -> dict[str, Any]:
-    """Per-configuration statistics, differences against the first, attribution summary."""
+    """Per-configuration statistics with 95 % intervals, differences against the last
+    configuration, attribution summary."""
     timed = [r for r in records if not r.warmup and r.state == "succeeded"]
     per: dict[str, Any] = {}
     for name in names:
@@ -39,6 +42,10 @@ def analyse(records: Sequence[RunRecord], names: Sequence[str]) -> dict[str, Any
             "runs": len(runs),
             "failed": sum(1 for r in records if r.config == name and r.state != "succeeded"),
             "latency": summarize([r.latency_s for r in runs]).to_dict(),
+            "latency_ci": {
+                stat: bootstrap_ci([r.latency_s for r in runs], stat).to_dict()
+                for stat in CI_STATISTICS
+            },
             "service": summarize([r.service_s or 0.0 for r in runs]).to_dict(),
             "queue_wait": summarize([r.queue_wait_s or 0.0 for r in runs]).to_dict(),
             "warmup_runs": [
@@ -66,7 +73,11 @@ def analyse(records: Sequence[RunRecord], names: Sequence[str]) -> dict[str, Any
 def _telemetry_ranges(runs: Sequence[RunRecord]) -> dict[str, Any]:
     """As in the known A/B write-ups: ranges of GPU utilisation and SM clock, and the memory
     jitter (spread of used memory); host CPU utilisation when there is no GPU."""
-    util, clock, power, temp, host_cpu = [], [], [], [], []
+    util: list[float] = []
+    clock: list[float] = []
+    power: list[float] = []
+    temp: list[float] = []
+    host_cpu: list[float] = []
     for r in runs:
         t = r.telemetry or {}
         for g in (t.get("gpus") or {}).values():
@@ -154,6 +165,22 @@ def _markdown(meta: dict[str, Any], a: dict[str, Any], names: Sequence[str],
             f"| {_fmt(s['p50'])} | {_fmt(s['p90'])} | {_fmt(s['p99'])} "
             f"| {_fmt(s['p99_over_p50'], '')} | {_fmt(s['min'])} | {_fmt(s['max'])} |"
         )
+    lines += ["", "## 95 % confidence intervals (bootstrap, per configuration)", "",
+              "| config | mean | CV | p99/p50 | p50 | p99 |", "|---|---|---|---|---|---|"]
+    for name in names:
+        ci = a["configs"][name].get("latency_ci", {})
+        lines.append(f"| {name} | " + " | ".join(_ci(ci.get(stat), unit) for stat, unit in (
+            ("mean", "s"), ("cv", ""), ("p99_over_p50", ""), ("p50", "s"), ("p99", "s"))) + " |")
+    if any(a["configs"][n]["interfered"]["n"] for n in names):
+        lines += ["", "## Clean and interfered runs (latency)", "",
+                  "| config | runs | clean mean | clean p50 | clean p99 | interfered runs "
+                  "| interfered mean | interfered p50 | interfered p99 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name in names:
+            c, i = a["configs"][name]["clean"], a["configs"][name]["interfered"]
+            lines.append(f"| {name} | {c['n']} | {_fmt(c['mean'])} | {_fmt(c['p50'])} "
+                         f"| {_fmt(c['p99'])} | {i['n']} | {_fmt(i['mean'])} "
+                         f"| {_fmt(i['p50'])} | {_fmt(i['p99'])} |")
     lines += ["", "## Queue wait and service time (medians)", "",
               "| config | queue wait p50 | service p50 | service p99 | failed |",
               "|---|---|---|---|---|"]
@@ -163,7 +190,8 @@ def _markdown(meta: dict[str, Any], a: dict[str, Any], names: Sequence[str],
                      f"| {_fmt(c['service']['p99'])} | {c['failed']} |")
     if a["differences"]:
         lines += ["", "## Differences (bootstrap 95 % CI)", "",
-                  "| statistic | difference | value | 95 % CI | significant |", "|---|---|---|---|---|"]
+                  "| statistic | difference | value | 95 % CI | significant |",
+                  "|---|---|---|---|---|"]
         for d in a["differences"]:
             lines.append(f"| {d['statistic']} | {d['a']} - {d['b']} | {_fmt(d['value'], '')} "
                          f"| [{_fmt(d['low'], '')}, {_fmt(d['high'], '')}] "
@@ -190,6 +218,12 @@ def _markdown(meta: dict[str, Any], a: dict[str, Any], names: Sequence[str],
     lines += ["", "## Charts", ""]
     lines += [f"![{k}]({p.name})" for k, p in charts.items()]
     return "\n".join(lines) + "\n"
+
+
+def _ci(e: dict[str, Any] | None, unit: str) -> str:
+    if not e:
+        return "-"
+    return f"{_fmt(e['value'], unit)} [{_fmt(e['low'], '')}, {_fmt(e['high'], '')}]"
 
 
 def _rng(r: dict[str, float] | None, scale: float = 1.0) -> str:
@@ -238,28 +272,38 @@ def _charts(out: Path, records: Sequence[RunRecord], names: Sequence[str]) -> di
 
     fig, ax = plt.subplots(figsize=(9, 3))
     t0 = min((r.t_submit for r in records), default=0.0)
+    has_gpu = any((r.telemetry or {}).get("gpus") for r in timed)
     plotted = False
     for name in names:
-        xs, clocks, temps, cpus = [], [], [], []
-        for r in (r for r in timed if r.config == name):
-            tel = r.telemetry or {}
-            gpus = list((tel.get("gpus") or {}).values())
-            xs.append(r.t_submit - t0)
-            clocks.append((gpus[0].get("sm_clock_hz") or {}).get("median") if gpus else None)
-            temps.append((gpus[0].get("temp_c") or {}).get("median") if gpus else None)
-            cpu = (tel.get("host") or {}).get("cpu_util_pct") or {}
-            cpus.append(cpu.get("median"))
-        if any(c is not None for c in clocks):
-            ax.plot(xs, [c / 1e6 if c else None for c in clocks], ".-", label=f"{name} SM MHz")
+        runs = sorted((r for r in timed if r.config == name), key=lambda r: r.t_submit)
+        xs = [r.t_submit - t0 for r in runs]
+        if has_gpu:
+            gpus = [list(((r.telemetry or {}).get("gpus") or {}).values()) for r in runs]
+            clocks = [_median(g[0].get("sm_clock_hz")) if g else None for g in gpus]
+            temps = [_median(g[0].get("temp_c")) if g else None for g in gpus]
+            ax.plot(xs, _gaps([c / 1e6 if c else None for c in clocks]), ".-",
+                    label=f"{name} SM MHz")
             ax2 = ax.twinx()
-            ax2.plot(xs, temps, "x", label=f"{name} temp C", color="#e45756")
+            ax2.plot(xs, _gaps(temps), "x", label=f"{name} temp C", color="#e45756")
             plotted = True
-        elif any(c is not None for c in cpus):
-            ax.plot(xs, cpus, ".-", label=f"{name} host CPU %")
+            continue
+        # No GPU: what the host did to us instead, our threads' run-queue wait per second.
+        waits = [_wait_share(r) for r in runs]
+        if any(w is not None for w in waits):
+            line = ax.plot(xs, _gaps(waits), "o", markersize=3,
+                           label=f"{name} run-queue wait per s")[0]
+            hit = [(x, w) for x, w, r in zip(xs, waits, runs, strict=True)
+                   if r.interfered and w is not None]
+            if hit:
+                ax.plot(*zip(*hit, strict=True), "x", color=line.get_color(), markersize=7,
+                        label=f"{name} interfered")
             plotted = True
-    ax.set_title("clocks and temperature over time (host CPU where there is no GPU)",
+    ax.set_title("SM clock and temperature over time" if has_gpu else
+                 "no GPU: our threads' run-queue wait per second of service (CPU contention)",
                  fontsize=9)
     ax.set_xlabel("s since start")
+    if not has_gpu:
+        ax.set_ylabel("s / s")
     if plotted:
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -267,6 +311,20 @@ def _charts(out: Path, records: Sequence[RunRecord], names: Sequence[str]) -> di
     fig.savefig(paths["clocks"], dpi=110)
     plt.close(fig)
     return paths
+
+
+def _gaps(values: Sequence[float | None]) -> list[float]:
+    """None as NaN: matplotlib leaves a gap there."""
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def _median(stats: dict[str, float] | None) -> float | None:
+    return (stats or {}).get("median")
+
+
+def _wait_share(r: RunRecord) -> float | None:
+    delay = ((r.telemetry or {}).get("host") or {}).get("run_delay_s")
+    return delay / r.service_s if delay is not None and r.service_s else None
 
 
 def _html(meta: dict[str, Any], a: dict[str, Any], names: Sequence[str],
