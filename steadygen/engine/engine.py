@@ -195,6 +195,14 @@ class Engine:
                 seed=0, n=1, model=self.spec.name,
             )
             self.generate(req, save_dir=None)
+        if self.options.compile and sizes:  # the compiled variants a later request could meet
+            width, height = min(sizes, key=lambda s: s[0] * s[1])
+            for extra in speed.COMPILE_WARMUP_VARIANTS:
+                fields = {"prompt": "warm-up", "guidance": 0.0, "n": 1, **extra}
+                self.generate(GenerationRequest(
+                    width=width, height=height, steps=steps, seed=0, model=self.spec.name,
+                    **fields,
+                ), save_dir=None)
         self.warmup_s = time.monotonic() - t0
         return self.warmup_s
 
@@ -316,9 +324,12 @@ class Engine:
         hook = pipe.transformer.register_forward_pre_hook(lambda *_: clock.start())
         t_start = timings.marks["start"]
         backend = self.applied.get("attention_backend", "native")
+        captions = list(prompt_embeds) + (list(negative_embeds) if req.uses_cfg else [])
+        needs_mask = speed.needs_attention_mask([len(c) for c in captions])
+        compiles = speed.CompileWatch()
         try:
-            with torch.inference_mode(), speed.mask_safe_attention(
-                pipe.transformer, backend, needs_mask=req.uses_cfg
+            with torch.inference_mode(), compiles, speed.mask_safe_attention(
+                pipe.transformer, backend, needs_mask=needs_mask
             ):
                 latents = pipe(
                     prompt_embeds=list(prompt_embeds),
@@ -337,6 +348,7 @@ class Engine:
         marks["denoise_end"] = self._sync()
         marks["prepare_end"] = clock.first_start or marks["denoise_end"]
         timings.steps_s, timings.step_ends = clock.resolve(marks["denoise_end"])
+        speed.move_compile_into_warmup(timings, compiles.events)  # compile is cold start
 
         # 3. Decode the latents into images.
         self._fault("decode")
@@ -381,7 +393,13 @@ class Engine:
             device=self.device,
             notes=notes,
             memory=memory,
-            metadata={"versions": self.versions(), "options": self.options_summary()},
+            metadata={
+                "versions": self.versions(),
+                "options": self.options_summary(),
+                "recompiles": compiles.count,  # compilations this job paid (0 when warm)
+                "compile_s": compiles.seconds,
+                "attention_mask": needs_mask,
+            },
         )
 
     def _decode(self, latents: Any) -> list[Any]:
