@@ -94,7 +94,7 @@ class _Checker:
             return None
         whole = int(number)
         if not lo <= whole <= hi:
-            self.fail(field, f"must be from {lo} to {hi} (got {whole})")
+            self.fail(field, f"must be {rule} (got {whole})")
             return None
         return whole
 
@@ -123,6 +123,11 @@ class _Checker:
             return None
         if "\x00" in value:
             self.fail(field, "must not contain NUL characters")
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. JSON "\ud800"
+            self.fail(field, f"must be valid Unicode text (a lone surrogate at {exc.start})")
             return None
         if required and not value.strip():
             self.fail(field, f"must not be empty (1 to {max_chars} characters)")

@@ -22,7 +22,7 @@ from steadygen.engine import speed
 from steadygen.engine.models import ModelSpec, default_model_name, require_available, resolve_model
 from steadygen.engine.outputs import a1111_parameters, save_png, unique_stem
 from steadygen.engine.timings import StepClock, Timings
-from steadygen.errors import Cancelled, GenerationError, OutOfMemory
+from steadygen.errors import Cancelled, ConfigError, GenerationError, OutOfMemory
 from steadygen.request import SEED_MAX, GenerationRequest
 
 log = logging.getLogger("steadygen.engine")
@@ -99,11 +99,16 @@ class Engine:
         cls,
         model: str | None = None,
         device: str | None = None,
-        cache_dir: Path | str = Path.home() / ".cache" / "steadygen",
+        cache_dir: Path | str | None = None,
         options: speed.EngineOptions | None = None,
         turbo_source: str | None = None,
     ) -> Engine:
         """Pick the model and device (CUDA when present) and check the model can run here."""
+        if cache_dir is None:
+            from steadygen.config import Settings
+
+            cache_dir = Settings().cache_dir
+        opts = options or speed.EngineOptions()
         set_by_us = configure_allocator()
         has_cuda = cuda_available()
         name = model or default_model_name(has_cuda)
@@ -112,6 +117,10 @@ class Engine:
         if dev.startswith("cuda") and not has_cuda:
             raise GenerationError(f"device {dev} was asked for but CUDA is not available here")
         require_available(spec, dev.startswith("cuda"))
+        if opts.fp8:  # refuse before loading 20 GB, not after
+            refusal = speed.fp8_refusal(dev)
+            if refusal is not None:
+                raise ConfigError(refusal)
         engine = cls(spec, dev, Path(cache_dir), options)
         engine.applied["alloc_conf_set_by_steadygen"] = set_by_us
         return engine
@@ -319,6 +328,7 @@ class Engine:
                 on_step(StepProgress(i + 1, req.steps, step_s, elapsed, max(0.0, remaining)))
             if cancel is not None and cancel.is_set() and i + 1 < req.steps:
                 raise Cancelled(at_step=i + 1)
+            clock.resume()
             return kwargs
 
         hook = pipe.transformer.register_forward_pre_hook(lambda *_: clock.start())
@@ -347,7 +357,9 @@ class Engine:
             hook.remove()
         marks["denoise_end"] = self._sync()
         marks["prepare_end"] = clock.first_start or marks["denoise_end"]
-        timings.steps_s, timings.step_ends = clock.resolve(marks["denoise_end"])
+        timings.steps_s, timings.step_ends, timings.callbacks_s = clock.resolve(
+            marks["denoise_end"]
+        )
         speed.move_compile_into_warmup(timings, compiles.events)  # compile is cold start
 
         # 3. Decode the latents into images.

@@ -26,6 +26,7 @@ class Timings:
     decode_s: float = 0.0  # VAE decode and conversion to images
     save_s: float = 0.0  # PNG encode and write
     memory_s: float = 0.0  # per-request cache emptying (off by default)
+    callbacks_s: float = 0.0  # inside progress callbacks between steps (events, cancel check)
     total_s: float = 0.0  # from the engine's entry to its exit
     queue_wait_s: float = 0.0  # filled by the queue: accepted -> started
     first_of_shape: bool = False  # the first run of this shape in this process
@@ -50,6 +51,7 @@ class Timings:
             + self.decode_s
             + self.save_s
             + self.memory_s
+            + self.callbacks_s
         )
         return max(0.0, self.total_s - parts)
 
@@ -65,6 +67,7 @@ class Timings:
             "decode": self.decode_s,
             "save": self.save_s,
             "memory": self.memory_s,
+            "callbacks": self.callbacks_s,
             "other": self.other_s,
         }
 
@@ -83,69 +86,75 @@ class Timings:
 class StepClock:
     """Per-step times. On CPU: host timestamps. On CUDA: events, resolved once at the end.
 
-    ``start()`` is called when the transformer is first entered in a step, ``end()`` when
-    the step's callback runs. Step i lasts from the end of step i-1 (or the first start)
-    to its own end, so scheduler work between forwards is counted, not lost.
+    ``start()`` is called when the transformer is first entered, ``end()`` when a step's
+    callback is entered and ``resume()`` when it returns. Step i lasts from the previous
+    resume (or the first start) to its end, so scheduler work between forwards counts as
+    step time, while the time spent in progress callbacks (events, cancel checks) is kept
+    apart as ``callbacks_s``.
     """
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
-        self._first_host: float | None = None
-        self._first_event: Any = None
-        self._host_ends: list[float] = []
-        self._events: list[Any] = []
+        self._starts: list[float] = []
+        self._ends: list[float] = []
+        self._start_events: list[Any] = []
+        self._end_events: list[Any] = []
+
+    def _event(self) -> Any:
+        import torch
+
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
 
     def start(self) -> None:
-        if self._first_host is not None:
+        if self._starts:
             return
-        self._first_host = time.monotonic()
+        self._starts.append(time.monotonic())
         if self.cuda:
-            import torch
-
-            self._first_event = torch.cuda.Event(enable_timing=True)
-            self._first_event.record()
+            self._start_events.append(self._event())
 
     def end(self) -> None:
-        self._host_ends.append(time.monotonic())
+        self._ends.append(time.monotonic())
         if self.cuda:
-            import torch
+            self._end_events.append(self._event())
 
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self._events.append(ev)
+    def resume(self) -> None:
+        self._starts.append(time.monotonic())
+        if self.cuda:
+            self._start_events.append(self._event())
 
     @property
     def completed(self) -> int:
-        return len(self._host_ends)
+        return len(self._ends)
 
     @property
     def first_start(self) -> float | None:
-        return self._first_host
+        return self._starts[0] if self._starts else None
 
     def host_step_s(self) -> float:
         """The host-side length of the step just ended (progress and ETA only)."""
-        ends = self._host_ends
-        if not ends:
+        if not self._ends:
             return 0.0
-        prev = ends[-2] if len(ends) > 1 else (self._first_host or ends[-1])
-        return ends[-1] - prev
+        return self._ends[-1] - self._starts[len(self._ends) - 1]
 
-    def resolve(self, denoise_end: float) -> tuple[list[float], list[float]]:
-        """(step durations, step end timestamps), after the caller synchronised the device."""
-        if not self._host_ends or self._first_host is None:
-            return [], []
+    def resolve(self, denoise_end: float) -> tuple[list[float], list[float], float]:
+        """(step durations, step end timestamps, seconds in callbacks), after the caller
+        synchronised the device."""
+        n = len(self._ends)
+        if not n or not self._starts:
+            return [], [], 0.0
         if not self.cuda:
-            edges = [self._first_host, *self._host_ends]
-            durations = [b - a for a, b in zip(edges, edges[1:], strict=False)]
-            return durations, list(self._host_ends)
-        edges_ev = [self._first_event, *self._events]
-        durations = [
-            a.elapsed_time(b) / 1000.0 for a, b in zip(edges_ev, edges_ev[1:], strict=False)
+            durations = [self._ends[i] - self._starts[i] for i in range(n)]
+            gaps = [self._starts[i + 1] - self._ends[i] for i in range(min(n, len(self._starts) - 1))]
+            return durations, list(self._ends), sum(gaps)
+        starts, ends = self._start_events, self._end_events
+        durations = [starts[i].elapsed_time(ends[i]) / 1000.0 for i in range(n)]
+        gaps = [
+            ends[i].elapsed_time(starts[i + 1]) / 1000.0 for i in range(min(n, len(starts) - 1))
         ]
-        # Place the GPU's step ends on the host clock, walking back from the synchronised end.
-        ends: list[float] = []
-        t = denoise_end
-        for d in reversed(durations):
-            ends.append(t)
-            t -= d
-        return durations, list(reversed(ends))
+        # Place the GPU's step ends on the host clock, counting back from the synchronised end.
+        span = starts[0].elapsed_time(ends[-1]) / 1000.0
+        first = denoise_end - span
+        step_ends = [first + starts[0].elapsed_time(ev) / 1000.0 for ev in ends]
+        return durations, step_ends, sum(gaps)

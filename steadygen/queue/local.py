@@ -52,6 +52,9 @@ class Recorder:
     def job_submitted(self, job: Job) -> None:  # pragma: no cover - interface
         pass
 
+    def job_rejected(self) -> None:  # pragma: no cover - interface
+        pass
+
 
 class LocalQueue:
     def __init__(
@@ -80,6 +83,7 @@ class LocalQueue:
         self._progress: dict[str, Progress] = {}
         self._attempt_n: dict[str, list[int]] = {}  # job id -> [attempt, next n]
         self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # the depth check and the insert, together
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -123,12 +127,14 @@ class LocalQueue:
     def submit(self, req: GenerationRequest, priority: int = 0) -> Job:
         if not self._accepting:
             raise QueueFull(self.max_queue, retry_after_s=30.0)
-        depth = self.depth()
-        if depth >= self.max_queue:
-            raise QueueFull(self.max_queue, retry_after_s=max(1.0, self._drain_s(1)))
-        job = Job(id=new_job_id(), request=req, priority=priority)
-        event = self._event(job.id, "queued", {"position": depth}, attempt=0)
-        self.store.insert(job, event)
+        with self._submit_lock:
+            depth = self.depth()
+            if depth >= self.max_queue:
+                self.recorder.job_rejected()
+                raise QueueFull(self.max_queue, retry_after_s=max(1.0, self._drain_s(1)))
+            job = Job(id=new_job_id(), request=req, priority=priority)
+            event = self._event(job.id, "queued", {"position": depth}, attempt=0)
+            self.store.insert(job, event)
         self.hub.publish(event)
         if self.log_prompts:
             log.info("job %s queued: %r %s", job.id, req.prompt, req.size)
@@ -220,8 +226,8 @@ class LocalQueue:
     async def wait(self, job_id: str) -> Job:
         """Wait until the job ends; returns the finished job."""
         with self.hub.open(job_id) as sub:
-            while True:
-                job = self.store.get(job_id)
+            while True:  # the store is read in a thread: its lock may wait on SQLite
+                job = await asyncio.to_thread(self.store.get, job_id)
                 if job.state.terminal:
                     return job
                 try:  # the store is looked at again every 2 s, in case an event was missed
@@ -272,7 +278,10 @@ class LocalQueue:
         if job.cancel_requested:
             cancel.set()
         queue_wait = (job.started_at or time.time()) - job.created_at
-        progress = Progress(job.id, 0, job.request.steps, None, time.monotonic())
+        # Until its first step reports, a running job is expected to take its whole
+        # service time: the ETAs of the jobs behind it count it (they counted 0 before).
+        expected = expected_service_s(ctx.engine, ctx.baselines, job.request)
+        progress = Progress(job.id, 0, job.request.steps, expected, time.monotonic())
         with self._lock:
             self._cancels[job.id] = cancel
             self._progress[job.id] = progress
@@ -287,7 +296,14 @@ class LocalQueue:
         try:
             record = run_job(ctx, job.id, job.request, emit, cancel, queue_wait)
         except Cancelled as exc:
-            self._end(job, JobState.CANCELLED, None, None, {"at_step": exc.at_step})
+            if self._stopping and not self._cancel_requested(job.id):
+                # Stopped by a shutdown past its grace period, not by a client: the job
+                # stays 'running' in the store and runs again, from its start, after the
+                # restart (requeue_interrupted), like a job interrupted by a crash.
+                log.warning("job %s stopped by the shutdown at step %d; it runs again "
+                            "after a restart", job.id, exc.at_step)
+            else:
+                self._end(job, JobState.CANCELLED, None, None, {"at_step": exc.at_step})
         except (GenerationError, StorageError) as exc:
             log.warning("job %s failed: %s", job.id, exc)
             self._end(job, JobState.FAILED, None, str(exc), {"error": str(exc)})
@@ -304,6 +320,12 @@ class LocalQueue:
                 self._cancels.pop(job.id, None)
                 self._progress.pop(job.id, None)
 
+    def _cancel_requested(self, job_id: str) -> bool:
+        try:
+            return self.store.get(job_id).cancel_requested
+        except (StorageError, JobNotFound):
+            return False
+
     def _end(
         self,
         job: Job,
@@ -313,17 +335,39 @@ class LocalQueue:
         data: dict[str, Any],
     ) -> None:
         event = self._event(job.id, state.value, data)
-        try:
-            self.store.finish(job.id, state, result=record, error=error, event=event)
-        except StorageError as exc:
-            # The result could not be recorded: say so in the event; the job stays
-            # 'running' in the store and runs again after a restart rather than being lost.
-            log.error("cannot record the end of job %s: %s", job.id, exc)
-            event = JobEvent(job.id, event.attempt, event.n, "failed",
-                             {"error": f"cannot record the result: {exc}"})
+        if not self._record_end(job, state, record, error, event):
+            return  # stopping: the job stays 'running' and runs again after the restart
         self.hub.publish(event)
         with contextlib.suppress(StorageError, JobNotFound):
             self.recorder.job_finished(self.store.get(job.id))
+
+    def _record_end(
+        self,
+        job: Job,
+        state: JobState,
+        record: dict[str, Any] | None,
+        error: str | None,
+        event: JobEvent,
+    ) -> bool:
+        """Store the job's end. While the database cannot be written (a full disk), retry
+        with backoff rather than leave the job 'running' until a restart; no other job could
+        be claimed meanwhile anyway. A shutdown ends the retries: the job stays 'running' in
+        the store and runs again after the restart, like a job interrupted by a crash."""
+        delay_s = 0.5
+        while True:
+            try:
+                self.store.finish(job.id, state, result=record, error=error, event=event)
+                return True
+            except StorageError as exc:
+                log.error("cannot record the end of job %s: %s; retrying in %.1f s",
+                          job.id, exc, delay_s)
+            with self._wake:
+                if self._stopping:
+                    log.warning("job %s: its end was not recorded; it runs again after a "
+                                "restart", job.id)
+                    return False
+                self._wake.wait(delay_s)
+            delay_s = min(delay_s * 2, 10.0)
 
     def _publish(
         self,

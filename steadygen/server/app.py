@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -50,7 +52,27 @@ def build_app(settings: Settings, service: Service) -> FastAPI:
         )
     )
     app.state.service = service
+    _drop_automatic_422(app)
     return app
+
+
+def _drop_automatic_422(app: FastAPI) -> None:
+    """Bad input is answered 400 in OpenAI's error shape (errors.py), never 422: take
+    FastAPI's automatic 422 (and its unused models) out of the OpenAPI schema."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            models = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                models.pop(name, None)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _alert_counts(sampler):

@@ -112,11 +112,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, str(exc), code="unsupported")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "authentication_error" if exc.status_code == 401 else "invalid_request_error"
-        return error_response(
-            exc.status_code, str(exc.detail), kind=kind, headers=getattr(exc, "headers", None)
-        )
+    async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        status, message = exc.status_code, str(exc.detail)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if status == 400 and message == "There was an error parsing the body":
+            message = "body: " + _unparsable(exc.__cause__)  # FastAPI's words name no cause
+        elif status == 404 and message == "Not Found":
+            message = f"path: no route {request.url.path}"
+        elif status == 405:
+            allowed = _allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            message = f"method: {request.method} is not allowed here; use {' or '.join(allowed)}"
+        kind = ("authentication_error" if status == 401
+                else "server_error" if status >= 500 else "invalid_request_error")
+        field, sep, _ = message.partition(": ")
+        param = field if sep and field.isidentifier() else None  # "index: ..." names index
+        return error_response(status, message, kind=kind, param=param, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def crash(_: Request, exc: Exception) -> JSONResponse:
@@ -124,3 +135,28 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             500, f"internal error: {type(exc).__name__}", kind="server_error", code="internal"
         )
+
+
+def _unparsable(cause: BaseException | None) -> str:
+    """Why a body could not be read as JSON, in the client's terms."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"is not valid UTF-8 (byte {cause.start}); send JSON encoded as UTF-8"
+    if isinstance(cause, RecursionError):
+        return "is not acceptable JSON: it is nested too deeply"
+    if isinstance(cause, ValueError):  # e.g. an integer with more than 4300 digits
+        return f"is not acceptable JSON: {cause}"
+    return "is not valid JSON"
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts at this path (Starlette's 405 names only the first
+    route's: GET /v1/jobs/{id} hides DELETE /v1/jobs/{id})."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\x00"})
+        if match is Match.PARTIAL:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+

@@ -13,15 +13,16 @@ from fastapi import APIRouter
 
 from steadygen.engine.outputs import SAMPLER_NAME
 from steadygen.server.results import b64_images, require_success
-from steadygen.server.schemas import A1111Txt2Img
+from steadygen.server.schemas import A1111Txt2Img, error_responses
 from steadygen.server.service import Service
 
 
 def router(service: Service) -> APIRouter:
-    api = APIRouter(tags=["automatic1111"])
+    api = APIRouter(tags=["automatic1111"], responses=error_responses(401))
     queue = service.queue
 
-    @api.post("/sdapi/v1/txt2img")
+    @api.post("/sdapi/v1/txt2img",
+              responses=error_responses(400, 401, 409, 413, 429, 500, 503, 507))
     async def txt2img(body: A1111Txt2Img) -> dict[str, Any]:
         raw = {
             "prompt": body.prompt,

@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 from steadygen.errors import FieldError, InvalidRequest
 from steadygen.queue.job import Job, JobEvent, JobState, parse_event_id
 from steadygen.request import parse_size
-from steadygen.server.schemas import JobCreate
+from steadygen.server.schemas import JobCreate, error_responses, stream_response
 from steadygen.server.service import Service
 
 SSE_PING_S = 15
@@ -49,19 +49,22 @@ def router(service: Service) -> APIRouter:
     api = APIRouter(tags=["jobs"])
     queue = service.queue
 
-    @api.post("/v1/jobs", status_code=202)
+    @api.post("/v1/jobs", status_code=202,
+              responses=error_responses(400, 401, 413, 429, 503, 507))
     async def create_job(body: JobCreate) -> JSONResponse:
         req = service.validate(raw_from_body(body))
         job = await asyncio.to_thread(queue.submit, req, body.priority)
-        view = job_view(service, job)
+        view = await asyncio.to_thread(job_view, service, job)
         return JSONResponse(
             view, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
         )
 
-    @api.get("/v1/jobs")
+    @api.get("/v1/jobs", responses=error_responses(400, 401))
     async def list_jobs(
         limit: int = Query(50, description="1 to 500"),
-        state: str | None = Query(None, description="queued, running, succeeded, failed, cancelled"),
+        state: str | None = Query(
+            None, description="queued, running, succeeded, failed, cancelled"
+        ),
     ) -> dict[str, Any]:
         if not 1 <= limit <= 500:
             raise InvalidRequest([FieldError("limit", f"must be from 1 to 500 (got {limit})")])
@@ -75,30 +78,35 @@ def router(service: Service) -> APIRouter:
                     [FieldError("state", f"must be one of {names} (got {state!r})")]
                 ) from None
         jobs = await asyncio.to_thread(queue.list, limit, chosen)
-        return {"jobs": [job_view(service, j) for j in jobs]}
+        views = await asyncio.to_thread(lambda: [job_view(service, j) for j in jobs])
+        return {"jobs": views}
 
-    @api.get("/v1/jobs/{job_id}")
+    @api.get("/v1/jobs/{job_id}", responses=error_responses(401, 404))
     async def get_job(job_id: str) -> dict[str, Any]:
         job = await asyncio.to_thread(queue.get, job_id)
-        return job_view(service, job)
+        return await asyncio.to_thread(job_view, service, job)
 
-    @api.delete("/v1/jobs/{job_id}")
+    @api.delete("/v1/jobs/{job_id}", responses=error_responses(401, 404))
     async def cancel_job(job_id: str) -> dict[str, Any]:
         job = await asyncio.to_thread(queue.cancel, job_id)
-        return job_view(service, job)
+        return await asyncio.to_thread(job_view, service, job)
 
-    @api.get("/v1/jobs/{job_id}/events")
+    @api.get("/v1/jobs/{job_id}/events", response_class=EventSourceResponse, responses={
+        **stream_response("text/event-stream", "The job's events (Server-Sent Events)."),
+        **error_responses(401, 404)})
     async def job_events(
         job_id: str,
         request: Request,
         last_event_id: str | None = Header(None),
         after: str | None = Query(None, description="resume after this event id"),
     ) -> EventSourceResponse:
-        queue.get(job_id)  # 404 before the stream starts
+        await asyncio.to_thread(queue.get, job_id)  # 404 before the stream starts
         start = parse_event_id(last_event_id or after)
         return EventSourceResponse(_follow(service, job_id, start, request), ping=SSE_PING_S)
 
-    @api.get("/v1/jobs/{job_id}/images/{index}.png")
+    @api.get("/v1/jobs/{job_id}/images/{index}.png", response_class=FileResponse, responses={
+        **stream_response("image/png", "The PNG, with its parameters inside."),
+        **error_responses(400, 401, 404)})
     async def job_image(job_id: str, index: int) -> FileResponse:
         job = await asyncio.to_thread(queue.get, job_id)
         images = (job.result or {}).get("images", [])

@@ -15,14 +15,15 @@ from fastapi import APIRouter, Request
 
 from steadygen.request import parse_size
 from steadygen.server.results import b64_images, require_success
-from steadygen.server.schemas import OpenAIImageRequest
+from steadygen.server.schemas import OpenAIImageRequest, error_responses
 from steadygen.server.service import Service
 
 
 def router(service: Service) -> APIRouter:
     api = APIRouter(tags=["openai"])
 
-    @api.post("/v1/images/generations")
+    @api.post("/v1/images/generations",
+              responses=error_responses(400, 401, 409, 413, 429, 500, 503, 507))
     async def generate(body: OpenAIImageRequest, request: Request) -> dict[str, Any]:
         raw: dict[str, Any] = {
             "prompt": body.prompt,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from steadygen.server.metrics import CONTENT_TYPE
+from steadygen.server.schemas import error_responses, stream_response
 from steadygen.server.service import Service
 
 
@@ -18,15 +21,19 @@ def router(service: Service) -> APIRouter:
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
-    @api.get("/readyz")
+    @api.get("/readyz", responses={503: {"description": "Not ready (the same body, ready false)."}})
     async def readyz() -> JSONResponse:
         state = service.state()
         body = {"ready": service.ready(), "model": service.model_name, "device": service.device,
+                "default_side": service.default_side, "limits": asdict(service.limits),
                 **{k: v for k, v in state.items() if k in ("loaded", "warm", "accepting", "error")}}
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=Response, responses={
+        **stream_response(CONTENT_TYPE.split(";")[0], "Prometheus text format 0.0.4."),
+        **error_responses(401)})
     async def metrics() -> Response:
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+        body = await asyncio.to_thread(service.metrics.render)  # it reads the job store
+        return Response(body, media_type=CONTENT_TYPE)
 
     return api

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from sse_starlette import EventSourceResponse
 
 from steadygen.errors import FieldError, InvalidRequest
+from steadygen.server.schemas import error_responses, stream_response
 from steadygen.server.service import Service
 
 
@@ -36,13 +37,15 @@ def snapshot(service: Service) -> dict[str, Any]:
 
 
 def router(service: Service) -> APIRouter:
-    api = APIRouter(tags=["telemetry"])
+    api = APIRouter(tags=["telemetry"], responses=error_responses(401))
 
     @api.get("/v1/telemetry")
     async def latest() -> dict[str, Any]:
         return await asyncio.to_thread(snapshot, service)
 
-    @api.get("/v1/telemetry/stream")
+    @api.get("/v1/telemetry/stream", response_class=EventSourceResponse, responses={
+        **stream_response("text/event-stream", "Samples and job ends (Server-Sent Events)."),
+        **error_responses(400)})
     async def stream(
         request: Request, interval: float = Query(1.0, description="seconds, 0.2 to 10")
     ) -> EventSourceResponse:
@@ -84,6 +87,7 @@ async def _stream(service: Service, interval: float, request: Request) -> AsyncI
                         "total_s": timings.get("total_s"),
                         "queue_wait_s": timings.get("queue_wait_s"),
                         "main_cause": diagnosis.get("main_cause"),
+                        "slow": bool(diagnosis.get("slow")),
                     }),
                 }
     finally:

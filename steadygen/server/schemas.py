@@ -82,3 +82,27 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+ERROR_TEXT = {
+    400: "Invalid input; `error.param` and `error.errors[].field` name the fields.",
+    401: "The API key is missing or wrong (only when the server has one).",
+    404: "No such job, image or route.",
+    409: "The job was cancelled before it finished.",
+    413: "The request body is larger than the server's limit.",
+    429: "The queue is full; `Retry-After` says when to try again.",
+    500: "The job failed (the message says why), or a bug.",
+    503: "The job queue cannot be reached; `Retry-After` says when to try again.",
+    507: "The data directory or the job database cannot be written (a full disk?).",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the errors a route can answer, all in ErrorResponse's shape."""
+    return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}
+
+
+def stream_response(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a route that answers with something other than JSON."""
+    return {200: {"description": description, "content": {media_type: {}}}}
+

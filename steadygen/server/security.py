@@ -82,9 +82,10 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rule = f"request body is larger than {self.max_bytes} bytes"
         response = error_response(
-            413, f"body: request body is larger than {self.max_bytes} bytes", param="body",
-            code="too_large",
+            413, f"body: {rule}", param="body", code="too_large",
+            errors=[{"field": "body", "message": rule}],
         )
         await response(scope, receive, send)
 
