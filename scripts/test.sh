@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh Debian machine and runs it.
-#   - Debian packages: redis-server (scale-out tests), chromium (browser tests)
+#   - Debian packages: redis-server (scale-out tests), chromium (browser tests),
+#     prometheus (for promtool)
 #   - a virtual environment in .venv with steadygen and its test extras
 # Extra arguments go to pytest, e.g.  scripts/test.sh -k engine
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks /metrics
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
