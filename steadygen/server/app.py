@@ -24,12 +24,24 @@ from steadygen.server.service import Service
 
 
 def build_app(settings: Settings, service: Service) -> FastAPI:
+    keyed = settings.api_key is not None
     app = FastAPI(
         title="steadygen",
         version=__version__,
         description="Z-Image-Turbo image generation whose timing is fast, steady and explained.",
         dependencies=[Depends(require_key(settings.api_key))],
+        # With a key, the schema is served by a route that needs the key, and the
+        # interactive docs (which load the schema without one) are off.
+        openapi_url=None if keyed else "/openapi.json",
+        docs_url=None if keyed else "/docs",
+        redoc_url=None,
     )
+    if keyed:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi() -> dict[str, Any]:
+            return app.openapi()
+
     install_error_handlers(app)
     for module in (routes_ops, routes_jobs, routes_openai, routes_a1111, routes_telemetry, web):
         app.include_router(module.router(service))

@@ -20,6 +20,8 @@ PROTECTED = [
     ("POST", "/sdapi/v1/interrupt"),
     ("GET", "/v1/telemetry"),
     ("GET", "/metrics"),
+    ("GET", "/v1/telemetry/stream"),
+    ("GET", "/openapi.json"),
 ]
 
 
@@ -63,3 +65,16 @@ def test_without_api_key_no_key_is_needed(plain: ServerProc) -> None:
         # A client that sends some key anyway (the openai client always does) is fine too.
         r = c.get("/v1/jobs", headers={"Authorization": "Bearer anything"})
         assert r.status_code == 200
+
+
+def test_the_schema_is_served_with_the_key_and_the_docs_are_off(main_server: ServerProc) -> None:
+    with main_server.client() as c:
+        schema = c.get("/openapi.json")
+        assert schema.status_code == 200 and "/v1/jobs" in schema.json()["paths"]
+        assert c.get("/docs").status_code == 404  # it would load the schema without the key
+
+
+def test_the_page_loads_without_a_key_to_ask_for_one(main_server: ServerProc) -> None:
+    with main_server.client(authorised=False) as c:
+        page = c.get("/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
