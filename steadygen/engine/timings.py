@@ -146,7 +146,8 @@ class StepClock:
             return [], [], 0.0
         if not self.cuda:
             durations = [self._ends[i] - self._starts[i] for i in range(n)]
-            gaps = [self._starts[i + 1] - self._ends[i] for i in range(min(n, len(self._starts) - 1))]
+            pairs = range(min(n, len(self._starts) - 1))
+            gaps = [self._starts[i + 1] - self._ends[i] for i in pairs]
             return durations, list(self._ends), sum(gaps)
         starts, ends = self._start_events, self._end_events
         durations = [starts[i].elapsed_time(ends[i]) / 1000.0 for i in range(n)]

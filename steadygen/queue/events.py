@@ -8,6 +8,7 @@ after its Last-Event-ID; lifecycle events are also in the job store, which cover
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Iterable
@@ -39,10 +40,9 @@ class EventHub:
                 self._logs.popitem(last=False)
             targets = list(self._subs.get(event.job_id, ())) + list(self._subs.get(_ALL, ()))
         for loop, queue in targets:
-            try:
+            # RuntimeError: that loop is closed, so its subscriber is gone
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # that loop is closed; the subscriber is gone
-                pass
 
     def history(self, job_id: str) -> list[JobEvent]:
         with self._lock:
