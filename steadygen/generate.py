@@ -70,6 +70,35 @@ def timing_table(timings: Any) -> Table:
     return table
 
 
+def job_sampler(settings: Settings) -> Any:
+    """A telemetry sampler for one generation (GPU and host), already started."""
+    from steadygen.telemetry import Sampler
+
+    interval = 1.0 / settings.sampler_hz if settings.sampler_hz > 0 else 0.0
+    sampler = Sampler(interval_s=interval)
+    sampler.start()
+    return sampler
+
+
+def telemetry_line(summary: dict[str, Any]) -> str:
+    """One line on what the machine did during the job."""
+    host = summary.get("host") or {}
+    parts = [f"telemetry: {summary.get('n_samples', 0)} samples"]
+    if host.get("run_delay_s") is not None:
+        parts.append(f"our threads waited {host['run_delay_s']:.3f} s for a CPU")
+    for index, gpu in (summary.get("gpus") or {}).items():
+        clock = (gpu.get("sm_clock_hz") or {}).get("median")
+        temp = (gpu.get("temp_c") or {}).get("max")
+        if clock:
+            parts.append(f"GPU {index} SM {clock / 1e6:.0f} MHz")
+        if temp is not None:
+            parts.append(f"max {temp:.0f} C")
+    if summary.get("foreign_gpu_processes"):
+        names = ", ".join(str(p.get("name")) for p in summary["foreign_gpu_processes"])
+        parts.append(f"other GPU processes: {names}")
+    return "; ".join(parts)
+
+
 def run_generate(settings: Settings, prompt: str, **opts: Any) -> int:
     as_json = bool(opts.get("as_json"))
     err = Console(stderr=True)
@@ -103,7 +132,13 @@ def run_generate(settings: Settings, prompt: str, **opts: Any) -> int:
             rate = 1.0 / p.step_s if p.step_s > 0 else 0.0
             bar.update(task, completed=p.step, rate=rate, eta=p.eta_s)
 
-        result = engine.generate(req, on_step=on_step, save_dir=out_dir)
+        sampler = job_sampler(settings)
+        mark = sampler.begin_job("cli")
+        try:
+            result = engine.generate(req, on_step=on_step, save_dir=out_dir)
+        finally:
+            window = sampler.end_job(mark)
+            sampler.stop()
     t = result.timings
     if as_json:
         payload = {
@@ -115,6 +150,7 @@ def run_generate(settings: Settings, prompt: str, **opts: Any) -> int:
             "device": result.device,
             "notes": result.notes,
             "timings": {k: v for k, v in t.to_dict().items() if k not in ("marks", "step_ends")},
+            "telemetry": window.summary(),
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return 0
@@ -126,4 +162,5 @@ def run_generate(settings: Settings, prompt: str, **opts: Any) -> int:
     seed_note = " (random)" if req.seed_was_random else ""
     out.print(f"seed {req.seed}{seed_note}, {req.size}, {req.steps} steps")
     out.print(timing_table(t))
+    out.print(telemetry_line(window.summary()))
     return 0

@@ -78,6 +78,9 @@ def test_generate_json_names_paths_seed_and_timings(
     t = payload["timings"]
     assert len(t["steps_s"]) == 3 and all(s > 0 for s in t["steps_s"])
     assert t["total_s"] > 0 and "marks" not in t and "step_ends" not in t
+    # The generation carries its telemetry window: host counters at least, here.
+    tel = payload["telemetry"]
+    assert tel["duration_s"] > 0 and tel["host"]["cpu_s"] is not None
     parts = sum(t[k] for k in ("load_s", "warmup_s", "encode_s", "prepare_s", "denoise_s",
                                "decode_s", "save_s", "memory_s", "other_s"))  # fmt: skip
     assert abs(parts - t["total_s"]) < 1e-3
