@@ -207,6 +207,22 @@ class LocalQueue:
         ahead += self._running_remaining_s()
         return ahead / len(self.contexts) + own
 
+    def _announce_positions(self) -> None:
+        """When a job starts, every waiting job moves up: tell their followers (SSE)."""
+        try:
+            waiting = self.store.queued()
+        except StorageError:
+            return
+        ctx = self.contexts[0]
+        ahead = self._running_remaining_s()
+        for position, job in enumerate(waiting):
+            own = expected_service_s(ctx.engine, ctx.baselines, job.request)
+            eta = ahead / len(self.contexts) + own
+            self.hub.publish(
+                self._event(job.id, "queued", {"position": position, "eta_s": round(eta, 3)})
+            )
+            ahead += own
+
     def _running_remaining_s(self) -> float:
         with self._lock:
             return sum(p.eta_s or 0.0 for p in self._progress.values())
@@ -287,6 +303,7 @@ class LocalQueue:
             self._progress[job.id] = progress
         self._publish(job.id, "started", {"attempt": job.attempts, "worker": job.worker},
                       attempt=job.attempts, durable=True)
+        self._announce_positions()
 
         def emit(kind: str, data: dict[str, Any]) -> None:
             if kind == "step":

@@ -228,3 +228,19 @@ def test_a_running_job_counts_in_the_eta_behind_it_before_its_first_step(
     finally:
         release.set()
     assert [j.state for j in wait_done(queue, running.id, behind.id)] == [JobState.SUCCEEDED] * 2
+
+
+def test_waiting_jobs_hear_their_new_position_when_one_starts(
+    make_queue: Callable[..., LocalQueue], make_req: Callable[..., Any]
+) -> None:
+    queue = make_queue()
+    ids = [queue.submit(make_req(steps=2)).id for _ in range(3)]
+    queue.start()
+    wait_done(queue, *ids)
+    last = ids[-1]
+    positions = [e.data["position"] for e in queue.hub.history(last) if e.type == "queued"]
+    # Submitted behind two jobs; moved up as each of them started.
+    assert positions[0] == 2 and positions[-1] == 0
+    assert positions == sorted(positions, reverse=True)
+    events = queue.events_since(last, (-1, -1))
+    assert [e.key for e in events] == sorted(e.key for e in events)  # ids stay ordered
