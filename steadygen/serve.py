@@ -7,15 +7,19 @@ The server answers /healthz at once; the model loads and warms up in the backgro
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from steadygen.analysis.baseline import Baselines
 from steadygen.config import Settings
 from steadygen.engine.engine import Engine
-from steadygen.errors import SteadygenError
+from steadygen.errors import ConfigError, SteadygenError
 from steadygen.generate import build_engine
 from steadygen.queue.events import EventHub
 from steadygen.queue.local import LocalQueue
@@ -29,7 +33,7 @@ log = logging.getLogger("steadygen.serve")
 
 
 def build_sampler(settings: Settings, device: str) -> Any:
-    from steadygen.telemetry.alerts import AlertThresholds, Alerts
+    from steadygen.telemetry.alerts import Alerts, AlertThresholds
     from steadygen.telemetry.sampler import Sampler
 
     alerts = Alerts(
@@ -76,6 +80,8 @@ class Server:
         self.metrics = Metrics()
         self.baselines = rebuild_baselines(self.store, self.engine)
         self.hub = EventHub()
+        self.metrics.registry.register(SubscriberCollector(self.hub))
+        self.fault = InjectedFault.from_env()  # a test hook; None unless the variable is set
         self.diagnose: Callable[..., Any] | None = _attribution(settings, self.sampler)
         self.contexts = [self._context(self.engine)]
         self.queue = LocalQueue(
@@ -119,6 +125,11 @@ class Server:
             warm_s = self.engine.warmup(sizes)
             for _ in range(1, self.settings.concurrency):
                 self.contexts.append(self._context(self.engine.fork()))
+            if self.fault is not None:  # armed after warm-up, so warm-up cannot spend it
+                for ctx in self.contexts:
+                    ctx.engine.fault_hook = self.fault
+                log.warning("test hook %s=%r is armed: jobs will fail on purpose",
+                            TEST_FAULT_ENV, self.fault.spec)
             self.queue.start()
             self.state["warm"] = True
             log.info("ready: %s on %s (load %.1f s, warm-up %.1f s on %s)",
@@ -134,6 +145,172 @@ class Server:
         self.store.close()
 
 
+class RemoteServer:
+    """``serve --queue redis://...``: the HTTP API only. Jobs go to a Redis stream and GPU
+    workers (``steadygen worker``) run them; this process loads no model. The served model
+    is ``settings.model`` when set, else the one the live workers report."""
+
+    def __init__(self, settings: Settings):
+        from steadygen.engine.models import TURBO, resolve_model
+        from steadygen.queue.redis_streams import RedisQueue
+
+        self.settings = settings
+        settings.images_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = Metrics()
+        self.queue = RedisQueue.from_settings(settings, recorder=self.metrics)
+        spec = resolve_model(settings.model or TURBO)
+        self.state: dict[str, Any] = {"accepting": True, "error": None}
+        self.service = Service(
+            queue=self.queue,
+            model_name=spec.name,
+            default_side=spec.default_side,
+            limits=settings.limits,
+            images_dir=settings.images_dir,
+            metrics=self.metrics,
+            device="workers",
+            sampler=None,
+            state=self._state,
+        )
+        self.metrics.registry.register(StreamCollector(self.queue))
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def queue_description(self) -> str:
+        from steadygen.queue.redis_streams import redact
+
+        return (f"Redis at {redact(self.queue.url)} (stream {self.queue.stream}, "
+                f"group {self.queue.group})")
+
+    def _state(self) -> dict[str, Any]:
+        up = self.queue.healthy(10.0)  # the event reader hears from Redis every second
+        return {**self.state, "loaded": up, "warm": up, "accepting": self.queue.accepting,
+                "error": self.state["error"] if up else "the Redis job queue is unreachable"}
+
+    def start(self) -> None:
+        self.queue.start()
+        self._watcher = threading.Thread(target=self._watch_workers, daemon=True,
+                                         name="steadygen-workers")
+        self._watcher.start()
+
+    def _watch_workers(self) -> None:
+        """Without --model, serve what the workers serve (they say so in Redis)."""
+        while not self._stop.wait(2.0):
+            try:
+                workers = self.queue.workers()
+            except SteadygenError:
+                continue
+            models = {(w.info.get("model"), w.info.get("default_side")) for w in workers}
+            if self.settings.model is None and len(models) == 1:
+                name, side = models.pop()
+                if name and name != self.service.model_name:
+                    log.info("workers serve %s; requests default to it", name)
+                    self.service.model_name, self.service.default_side = name, int(side or 1024)
+            elif len(models) > 1:
+                names = sorted(str(m[0]) for m in models)
+                log.warning("workers serve different models: %s", names)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.stop(self.settings.shutdown_grace_s)
+
+
+TEST_FAULT_ENV = "STEADYGEN_TEST_FAULT"
+
+
+class InjectedFault:
+    """A test hook, not a feature: ``STEADYGEN_TEST_FAULT="KIND@WHERE[*COUNT]"`` makes the
+    engine fail at WHERE (start, encode, step:N, decode, save: ``Engine.fault_hook``'s
+    points) in the first COUNT generations that reach it after warm-up (default 1).
+
+    KIND ``oom`` raises MemoryError("CUDA out of memory (injected)"), which the engine
+    reports as OutOfMemory, while holding 128 MiB of written memory, as a generation that
+    ran out of memory part-way would: if anything kept the failure alive, the server's
+    memory would show it. KIND ``error`` raises RuntimeError("injected fault").
+    Example: ``STEADYGEN_TEST_FAULT=oom@step:50`` (tests/reliability/test_faults.py).
+    """
+
+    KINDS = ("oom", "error")
+    BALLAST_BYTES = 128 << 20
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        kind, _, rest = spec.partition("@")
+        where, _, count = rest.partition("*")
+        if kind not in self.KINDS or not where or (count and not count.isdigit()):
+            raise ConfigError(
+                f"{TEST_FAULT_ENV} must look like KIND@WHERE[*COUNT] with KIND one of "
+                f"{', '.join(self.KINDS)}, e.g. oom@step:2 (got {spec!r})"
+            )
+        self.kind, self.where = kind, where
+        self.remaining = int(count) if count else 1
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> InjectedFault | None:
+        spec = os.environ.get(TEST_FAULT_ENV)
+        return cls(spec) if spec else None
+
+    def __call__(self, where: str) -> None:
+        if where != self.where:
+            return
+        with self._lock:
+            if self.remaining <= 0:
+                return
+            self.remaining -= 1
+        if self.kind == "error":
+            raise RuntimeError("injected fault")
+        ballast = b"\x01" * self.BALLAST_BYTES  # held by this frame, so by the traceback
+        raise MemoryError(f"CUDA out of memory (injected; {len(ballast)} bytes held)")
+
+
+class SubscriberCollector(Collector):
+    """Open event subscriptions: SSE streams and synchronous requests waiting for a job.
+    It returns to its idle value when clients go away, or subscriptions leak."""
+
+    def __init__(self, hub: EventHub):
+        self.hub = hub
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        family = GaugeMetricFamily(
+            "steadygen_event_subscribers",
+            "Open job-event subscriptions (SSE streams, requests waiting for a job).",
+        )
+        family.add_metric([], float(self.hub.subscriber_count))
+        yield family
+
+
+class StreamCollector(Collector):
+    """The job stream as the API's /metrics shows it (and KEDA scales on)."""
+
+    def __init__(self, queue: Any):
+        self.queue = queue
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        try:
+            stats = self.queue.stats()
+        except SteadygenError:
+            return
+        for name, doc, value in (
+            ("steadygen_queue_lag", "Stream entries not yet delivered to any worker "
+             "(XINFO GROUPS lag).", stats.lag),
+            ("steadygen_queue_pending", "Jobs delivered to a worker and not yet "
+             "acknowledged (XPENDING).", stats.pending),
+            ("steadygen_queue_stream_length", "Unacknowledged entries in the job stream "
+             "(XLEN).", stats.length),
+            ("steadygen_workers", "Workers heard from in the last 10 s.", stats.workers),
+        ):
+            if value is not None:
+                family = GaugeMetricFamily(name, doc)
+                family.add_metric([], float(value))
+                yield family
+
+
 def _attribution(settings: Settings, sampler: Any = None) -> Callable[..., Any]:
     from steadygen.analysis.attribute import make_diagnoser
 
@@ -145,7 +322,9 @@ def run_serve(settings: Settings) -> int:
 
     from steadygen.server.app import build_app
 
-    server = Server(settings)
+    server: Server | RemoteServer = (
+        RemoteServer(settings) if settings.queue_url else Server(settings)
+    )
     app = build_app(settings, server.service)
 
     @asynccontextmanager
@@ -157,9 +336,13 @@ def run_serve(settings: Settings) -> int:
             server.stop()
 
     app.router.lifespan_context = lifespan
-    print(f"steadygen: model {server.engine.model_name} on {server.engine.device}"
-          + (" (images are noise: random weights)" if server.engine.spec.noise_only else ""),
-          flush=True)
+    if isinstance(server, RemoteServer):
+        print(f"steadygen: jobs go to {server.queue_description()}; run `steadygen worker "
+              "--queue ...` on each GPU", flush=True)
+    else:
+        print(f"steadygen: model {server.engine.model_name} on {server.engine.device}"
+              + (" (images are noise: random weights)" if server.engine.spec.noise_only else ""),
+              flush=True)
     print(f"steadygen: data in {settings.data_dir}", flush=True)
     print(f"steadygen: listening on http://{settings.host}:{settings.port}", flush=True)
     config = uvicorn.Config(
@@ -172,4 +355,3 @@ def run_serve(settings: Settings) -> int:
     )
     uvicorn.Server(config).run()
     return 0
-

@@ -68,6 +68,8 @@ class Job:
             "telemetry": result.get("telemetry"),
             "diagnosis": result.get("diagnosis"),
             "device": result.get("device"),
+            "worker": self.worker,
+            "dead_letter": bool(result.get("dead_letter")),
         }
 
 

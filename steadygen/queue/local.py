@@ -25,7 +25,7 @@ from steadygen.errors import (
 )
 from steadygen.queue.events import EventHub, Subscription, merge_events
 from steadygen.queue.job import Job, JobEvent, JobState, new_job_id
-from steadygen.queue.runner import RunContext, expected_service_s, run_job
+from steadygen.queue.runner import RunContext, brief_result, expected_service_s, run_job
 from steadygen.queue.store import JobStore
 from steadygen.request import GenerationRequest
 
@@ -331,7 +331,8 @@ class LocalQueue:
             msg = f"internal error: {type(exc).__name__}: {exc}"
             self._end(job, JobState.FAILED, None, msg, {"error": msg})
         else:
-            self._end(job, JobState.SUCCEEDED, record, None, {"result": _brief(job.id, record)})
+            brief = {"result": brief_result(job.id, record)}
+            self._end(job, JobState.SUCCEEDED, record, None, brief)
         finally:
             with self._lock:
                 self._cancels.pop(job.id, None)
@@ -401,17 +402,6 @@ class LocalQueue:
             except StorageError as exc:
                 log.error("cannot store an event of job %s: %s", job_id, exc)
         self.hub.publish(event)
-
-
-def _brief(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """What the final SSE event carries: enough to show the result without another call."""
-    return {
-        "images": [f"/v1/jobs/{job_id}/images/{k}.png" for k in range(len(record["images"]))],
-        "seed": record["seed"],
-        "timings": record["timings"],
-        "notes": record["notes"],
-        "diagnosis": record.get("diagnosis"),
-    }
 
 
 async def _next_terminal(sub: Subscription) -> JobEvent:

@@ -152,3 +152,14 @@ def result_record(ctx: RunContext, result: GenerationResult, key: ShapeKey) -> d
         "shape": key.to_dict(),
         "versions": result.metadata.get("versions", {}),
     }
+
+
+def brief_result(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """What the final SSE event carries: enough to show the result without another call."""
+    return {
+        "images": [f"/v1/jobs/{job_id}/images/{k}.png" for k in range(len(record["images"]))],
+        "seed": record["seed"],
+        "timings": record["timings"],
+        "notes": record["notes"],
+        "diagnosis": record.get("diagnosis"),
+    }
