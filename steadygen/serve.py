@@ -152,7 +152,8 @@ class RemoteServer:
 
     def __init__(self, settings: Settings):
         from steadygen.engine.models import TURBO, resolve_model
-        from steadygen.queue.redis_streams import RedisQueue
+        from steadygen.queue.redis_queue import RedisQueue
+        from steadygen.queue.redis_telemetry import WorkerTelemetry
 
         self.settings = settings
         settings.images_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,7 @@ class RemoteServer:
             images_dir=settings.images_dir,
             metrics=self.metrics,
             device="workers",
-            sampler=None,
+            sampler=WorkerTelemetry(self.queue),  # the workers' latest samples
             state=self._state,
         )
         self.metrics.registry.register(StreamCollector(self.queue))

@@ -6,7 +6,8 @@ directory where images go (a shared volume). A worker:
 
 1. reaches Redis (retrying with backoff, one log line per attempt), loads and warms its
    engine, and serves its own ``/metrics``, ``/healthz`` and ``/readyz`` on
-   ``metrics_port``;
+   ``metrics_port``, and (with its sampler on) puts its latest telemetry sample in Redis
+   about once a second, which the API's /v1/telemetry and dashboard show;
 2. takes one job at a time: a job whose worker went silent past the visibility timeout
    first (XAUTOCLAIM), else the next new one (XREADGROUP);
 3. runs it with the same ``run_job`` as the single-process server (telemetry window,
@@ -39,7 +40,10 @@ from steadygen.analysis.baseline import Baselines
 from steadygen.config import Settings
 from steadygen.errors import Cancelled, GenerationError, QueueUnavailable, SteadygenError
 from steadygen.queue.job import Job, JobState
-from steadygen.queue.redis_streams import Claim, RedisQueue, redact
+from steadygen.queue.redis_queue import RedisQueue
+from steadygen.queue.redis_streams import redact
+from steadygen.queue.redis_telemetry import TelemetryPublisher
+from steadygen.queue.redis_worker import Claim, WorkerQueue
 from steadygen.queue.runner import RunContext, brief_result, run_job
 from steadygen.server.metrics import CONTENT_TYPE, Metrics, StateCollector
 
@@ -56,7 +60,7 @@ class Lease(threading.Thread):
     """Renews a claim while its job runs (a worker that stops renewing loses the job to
     another worker after the visibility timeout) and watches for cancellation."""
 
-    def __init__(self, queue: RedisQueue, claim: Claim, cancel: threading.Event,
+    def __init__(self, queue: WorkerQueue, claim: Claim, cancel: threading.Event,
                  every_s: float):
         super().__init__(name=f"steadygen-lease-{claim.job.id}", daemon=True)
         self.queue, self.claim, self.cancel, self.every_s = queue, claim, cancel, every_s
@@ -91,7 +95,8 @@ class Worker:
 
         self.settings = settings
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.queue = RedisQueue.from_settings(settings, connect_attempts=10)
+        self.queue = RedisQueue.from_settings(settings, connect_attempts=10)  # counts, history
+        self.jobs = WorkerQueue.from_queue(self.queue)  # take, renew, finish (same connection)
         self.engine = engine or build_engine(settings)
         settings.images_dir.mkdir(parents=True, exist_ok=True)
         self.sampler = build_sampler(settings, self.engine.device)
@@ -133,6 +138,9 @@ class Worker:
             self.sampler.start()
         hello = threading.Thread(target=self._hello_loop, name="steadygen-hello", daemon=True)
         hello.start()
+        if self.sampler is not None and self.sampler.running:  # for the API's dashboard
+            TelemetryPublisher(self.queue.conn, self.consumer, self.sampler,
+                               self.stopping).start()
         try:
             load_s = self.engine.load()
             self.state["loaded"] = True
@@ -157,7 +165,7 @@ class Worker:
             if self.sampler is not None:
                 self.sampler.stop()
             try:
-                self.queue.goodbye(self.consumer)
+                self.jobs.goodbye(self.consumer)
             except QueueUnavailable as exc:
                 log.warning("could not unregister from Redis: %s", exc)
             if self.http is not None:
@@ -186,10 +194,10 @@ class Worker:
         delay, failures, last_tidy = 0.5, 0, time.monotonic()
         while not self.stopping.is_set():
             try:
-                claim = self.queue.take(self.consumer, block_s=1.0)
+                claim = self.jobs.take(self.consumer, block_s=1.0)
                 if time.monotonic() - last_tidy > TIDY_EVERY_S:
                     last_tidy = time.monotonic()
-                    self.queue.tidy()
+                    self.jobs.tidy()
             except QueueUnavailable as exc:
                 failures += 1
                 log.warning("cannot take jobs (attempt %d): %s; retrying in %.1f s",
@@ -204,7 +212,7 @@ class Worker:
     def _hello_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                self.queue.hello(self.consumer, self.info())
+                self.jobs.hello(self.consumer, self.info())
             except QueueUnavailable as exc:
                 log.debug("hello to Redis failed: %s", exc)
             self.stopping.wait(HELLO_EVERY_S)
@@ -231,8 +239,8 @@ class Worker:
         job = claim.job
         self._cancel = cancel = threading.Event()
         self.current, self.handing_back = claim, False
-        every_s = max(0.05, min(self.queue.visibility_timeout_s / 4, 5.0))
-        lease = Lease(self.queue, claim, cancel, every_s)
+        every_s = max(0.05, min(self.jobs.visibility_timeout_s / 4, 5.0))
+        lease = Lease(self.jobs, claim, cancel, every_s)
         lease.start()
         log.info("job %s: attempt %d on %s", job.id, claim.attempt, self.consumer)
 
@@ -240,7 +248,7 @@ class Worker:
             if kind != "step":
                 return
             try:
-                lease.note(*self.queue.publish_step(claim, data))
+                lease.note(*self.jobs.publish_step(claim, data))
             except QueueUnavailable as exc:  # progress is best effort; the result is not
                 log.debug("job %s: progress not sent: %s", job.id, exc)
 
@@ -254,8 +262,8 @@ class Worker:
             if lease.lost:
                 return
             if self.handing_back:
-                self._durably(lambda: self.queue.requeue(claim, "", handing_back=True,
-                                                         attempts=1), job, "hand back")
+                self._durably(lambda: self.jobs.requeue(claim, "", handing_back=True,
+                                                        attempts=1), job, "hand back")
                 return
             self._end(claim, lease, JobState.CANCELLED, {"at_step": exc.at_step})
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
@@ -278,7 +286,7 @@ class Worker:
         if won:
             total = float(record["timings"].get("total_s", 0.0))
             with contextlib.suppress(QueueUnavailable):  # ETAs only
-                self.queue.record_service_s(claim.job.request, total)
+                self.jobs.record_service_s(claim.job.request, total)
         else:  # a duplicate: another attempt finished first; its images are the job's
             for p in paths:
                 p.unlink(missing_ok=True)
@@ -289,10 +297,10 @@ class Worker:
         job = claim.job
         if lease.lost:
             return
-        if claim.attempt < self.queue.max_attempts:
+        if claim.attempt < self.jobs.max_attempts:
             log.warning("job %s: attempt %d of %d failed: %s; it goes back in the queue",
-                        job.id, claim.attempt, self.queue.max_attempts, msg)
-            self._durably(lambda: self.queue.requeue(claim, msg, attempts=1), job, "requeue")
+                        job.id, claim.attempt, self.jobs.max_attempts, msg)
+            self._durably(lambda: self.jobs.requeue(claim, msg, attempts=1), job, "requeue")
             return
         err = f"dead letter: failed on all {claim.attempt} attempts; last error: {msg}"
         log.error("job %s: %s", job.id, err)
@@ -301,8 +309,8 @@ class Worker:
 
     def _end(self, claim: Claim, lease: Lease, state: JobState, data: dict[str, Any],
              result: dict[str, Any] | None = None, error: str | None = None) -> bool:
-        won = self._durably(lambda: self.queue.finish(claim, state, data, result=result,
-                                                      error=error, attempts=1),
+        won = self._durably(lambda: self.jobs.finish(claim, state, data, result=result,
+                                                     error=error, attempts=1),
                             claim.job, "record the result")
         if won:
             self.jobs_done += 1

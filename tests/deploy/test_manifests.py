@@ -257,7 +257,7 @@ def exported_metric_names() -> set[str]:
 
     class FakeQueue:
         def stats(self) -> Any:
-            from steadygen.queue.redis_streams import StreamStats
+            from steadygen.queue.redis_queue import StreamStats
 
             return StreamStats(length=1, lag=1, pending=1, consumers=1, workers=1)
 

@@ -170,7 +170,8 @@ def process_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker(name: str, redis_url: str, data_dir: Path, log_dir: Path, **env: str) -> Proc:
+def start_worker(name: str, redis_url: str, data_dir: Path, log_dir: Path,
+                 sampler_hz: float = 0, **env: str) -> Proc:
     args = [
         "-v",
         "worker",
@@ -185,7 +186,7 @@ def start_worker(name: str, redis_url: str, data_dir: Path, log_dir: Path, **env
         "--metrics-port",
         "0",
         "--sampler-hz",
-        "0",
+        str(sampler_hz),
     ]
     return Proc(name, args, process_env(**env), log_dir)
 

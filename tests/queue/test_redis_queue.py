@@ -1,6 +1,6 @@
-"""RedisQueue against a real redis-server, in one process: the API side (submit, list,
-cancel, events, wait) and the worker side (take, heartbeat, reclaim, finish, requeue) with
-no engine. The multi-process behaviour is in test_redis_workers.py."""
+"""RedisQueue and WorkerQueue against a real redis-server, in one process: the API side
+(submit, list, cancel, events, wait) and the worker side (take, heartbeat, reclaim, finish,
+requeue) with no engine. The multi-process behaviour is in test_redis_workers.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 
 from steadygen.errors import JobNotFound, QueueFull, QueueUnavailable
 from steadygen.queue.job import JobState
-from steadygen.queue.redis_streams import RedisQueue
+from steadygen.queue.redis_queue import RedisQueue
+from steadygen.queue.redis_worker import WorkerQueue
 from steadygen.request import GenerationRequest
 
 from .redis_support import RedisServer, free_port, needs_redis, wait_for
@@ -44,6 +45,12 @@ def queue(redis_server: RedisServer) -> Iterator[RedisQueue]:
     q = make_queue(redis_server.url)
     yield q
     q.close()
+
+
+@pytest.fixture
+def jobs(queue: RedisQueue) -> WorkerQueue:
+    """The worker side of the same stream."""
+    return WorkerQueue.from_queue(queue)
 
 
 def req(prompt: str = "a lighthouse", steps: int = 4) -> GenerationRequest:
@@ -78,47 +85,49 @@ def test_full_queue_refuses(redis_server: RedisServer) -> None:
     q.close()
 
 
-def test_cancel_queued_job_is_dropped_by_the_worker(queue: RedisQueue) -> None:
+def test_cancel_queued_job_is_dropped_by_the_worker(queue: RedisQueue, jobs: WorkerQueue) -> None:
     job = queue.submit(req())
     assert queue.cancel(job.id).state is JobState.CANCELLED
     assert kinds(queue, job.id) == [("0.0", "queued"), ("0.1", "cancelled")]
-    assert queue.take("w1", block_s=0.05) is None  # read, seen cancelled, acknowledged
+    assert jobs.take("w1", block_s=0.05) is None  # read, seen cancelled, acknowledged
     stats = queue.stats()
     assert (stats.length, stats.pending, stats.lag) == (0, 0, 0)
 
 
-def test_cancel_running_job_reaches_its_worker(queue: RedisQueue) -> None:
+def test_cancel_running_job_reaches_its_worker(queue: RedisQueue, jobs: WorkerQueue) -> None:
     job = queue.submit(req())
-    claim = queue.take("w1", block_s=0.05)
+    claim = jobs.take("w1", block_s=0.05)
     assert claim is not None and claim.attempt == 1
-    assert queue.publish_step(claim, {"step": 1, "steps": 4, "eta_s": 0.3}) == (True, False)
+    assert jobs.publish_step(claim, {"step": 1, "steps": 4, "eta_s": 0.3}) == (True, False)
     assert queue.cancel(job.id).cancel_requested
-    assert queue.publish_step(claim, {"step": 2, "steps": 4}) == (True, True)
-    assert queue.heartbeat(claim) == (True, True)
-    assert queue.finish(claim, JobState.CANCELLED, {"at_step": 2})
+    assert jobs.publish_step(claim, {"step": 2, "steps": 4}) == (True, True)
+    assert jobs.heartbeat(claim) == (True, True)
+    assert jobs.finish(claim, JobState.CANCELLED, {"at_step": 2})
     assert queue.get(job.id).state is JobState.CANCELLED
     assert [k for _, k in kinds(queue, job.id)] == ["queued", "started", "step", "step",
                                                    "cancelled"]
 
 
-def test_heartbeat_keeps_a_long_job_and_silence_loses_it(queue: RedisQueue) -> None:
+def test_heartbeat_keeps_a_long_job_and_silence_loses_it(
+    queue: RedisQueue, jobs: WorkerQueue,
+) -> None:
     job = queue.submit(req())
-    claim = queue.take("w1", block_s=0.05)
+    claim = jobs.take("w1", block_s=0.05)
     assert claim is not None
     for _ in range(4):  # past the visibility timeout, renewing
         time.sleep(VISIBILITY_S / 3)
-        assert queue.heartbeat(claim) == (True, False)
-        assert queue.take("w2", block_s=0.05) is None
+        assert jobs.heartbeat(claim) == (True, False)
+        assert jobs.take("w2", block_s=0.05) is None
     time.sleep(VISIBILITY_S * 1.3)  # silent: w2 takes it over
-    queue._last_reclaim = 0.0
-    taken = queue.take("w2", block_s=0.05)
+    jobs._last_reclaim = 0.0
+    taken = jobs.take("w2", block_s=0.05)
     assert taken is not None and taken.job.id == job.id and taken.attempt == 2
-    assert queue.heartbeat(claim) == (False, False)
-    assert queue.publish_step(claim, {"step": 3, "steps": 4})[0] is False  # fenced off
+    assert jobs.heartbeat(claim) == (False, False)
+    assert jobs.publish_step(claim, {"step": 3, "steps": 4})[0] is False  # fenced off
     # the old worker finishes first after all: the first terminal write wins
-    assert queue.finish(claim, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
-    assert not queue.finish(taken, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
-    assert not queue.finish(taken, JobState.FAILED, {"error": "x"}, error="x")
+    assert jobs.finish(claim, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
+    assert not jobs.finish(taken, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
+    assert not jobs.finish(taken, JobState.FAILED, {"error": "x"}, error="x")
     done = queue.get(job.id)
     assert done.state is JobState.SUCCEEDED and done.attempts == 2
     events = kinds(queue, job.id)
@@ -128,16 +137,18 @@ def test_heartbeat_keeps_a_long_job_and_silence_loses_it(queue: RedisQueue) -> N
     assert (stats.length, stats.pending, stats.lag) == (0, 0, 0)
 
 
-def test_failed_attempt_is_requeued_then_dead_lettered(queue: RedisQueue) -> None:
+def test_failed_attempt_is_requeued_then_dead_lettered(
+    queue: RedisQueue, jobs: WorkerQueue,
+) -> None:
     job = queue.submit(req())
-    first = queue.take("w1", block_s=0.05)
+    first = jobs.take("w1", block_s=0.05)
     assert first is not None
-    assert queue.requeue(first, "boom")
+    assert jobs.requeue(first, "boom")
     assert queue.get(job.id).state is JobState.QUEUED
-    assert not queue.requeue(first, "again")  # not running any more: ignored
-    second = queue.take("w2", block_s=0.05)
+    assert not jobs.requeue(first, "again")  # not running any more: ignored
+    second = jobs.take("w2", block_s=0.05)
     assert second is not None and second.attempt == 2
-    assert queue.finish(second, JobState.FAILED, {"error": "dead", "dead_letter": True},
+    assert jobs.finish(second, JobState.FAILED, {"error": "dead", "dead_letter": True},
                         result={"dead_letter": True}, error="dead letter: boom twice")
     failed = queue.list(10, JobState.FAILED)
     assert [j.id for j in failed] == [job.id]
@@ -146,22 +157,24 @@ def test_failed_attempt_is_requeued_then_dead_lettered(queue: RedisQueue) -> Non
                                                    "failed"]
 
 
-def test_job_whose_workers_keep_dying_is_dead_lettered(queue: RedisQueue) -> None:
+def test_job_whose_workers_keep_dying_is_dead_lettered(
+    queue: RedisQueue, jobs: WorkerQueue,
+) -> None:
     job = queue.submit(req())
-    assert queue.take("w1", block_s=0.05) is not None  # then w1 dies
+    assert jobs.take("w1", block_s=0.05) is not None  # then w1 dies
     time.sleep(VISIBILITY_S * 1.3)
-    queue._last_reclaim = 0.0
-    assert queue.take("w2", block_s=0.05) is not None  # attempt 2, and w2 dies too
+    jobs._last_reclaim = 0.0
+    assert jobs.take("w2", block_s=0.05) is not None  # attempt 2, and w2 dies too
     time.sleep(VISIBILITY_S * 1.3)
-    queue._last_reclaim = 0.0
-    assert queue.take("w3", block_s=0.05) is None
+    jobs._last_reclaim = 0.0
+    assert jobs.take("w3", block_s=0.05) is None
     dead = queue.get(job.id)
     assert dead.state is JobState.FAILED and dead.result == {"dead_letter": True}
     assert dead.error and dead.error.startswith("dead letter: started 2 times")
     assert queue.stats().pending == 0
 
 
-def test_events_reach_subscribers_and_wait_returns(queue: RedisQueue) -> None:
+def test_events_reach_subscribers_and_wait_returns(queue: RedisQueue, jobs: WorkerQueue) -> None:
     queue.start()
     job = queue.submit(req())
 
@@ -170,12 +183,12 @@ def test_events_reach_subscribers_and_wait_returns(queue: RedisQueue) -> None:
         with queue.open_events(job.id) as sub:
             waiter = asyncio.ensure_future(queue.wait(job.id))
             await asyncio.sleep(0.3)
-            claim = await asyncio.to_thread(queue.take, "w1", 0.05)
+            claim = await asyncio.to_thread(jobs.take, "w1", 0.05)
             assert claim is not None
             for step in (1, 2):
-                await asyncio.to_thread(queue.publish_step, claim,
+                await asyncio.to_thread(jobs.publish_step, claim,
                                         {"step": step, "steps": 4, "eta_s": 0.1})
-            await asyncio.to_thread(queue.finish, claim, JobState.SUCCEEDED,
+            await asyncio.to_thread(jobs.finish, claim, JobState.SUCCEEDED,
                                     {"result": {"images": []}}, result={"images": []})
             while not seen or seen[-1] != "succeeded":
                 event = await asyncio.wait_for(sub.get(), timeout=10)
@@ -189,30 +202,30 @@ def test_events_reach_subscribers_and_wait_returns(queue: RedisQueue) -> None:
     assert [(e.id, e.type) for e in resumed] == [("1.2", "step"), ("1.3", "succeeded")]
 
 
-def test_running_progress_and_workers(queue: RedisQueue) -> None:
+def test_running_progress_and_workers(queue: RedisQueue, jobs: WorkerQueue) -> None:
     job = queue.submit(req(steps=8))
-    claim = queue.take("w1", block_s=0.05)
+    claim = jobs.take("w1", block_s=0.05)
     assert claim is not None
-    queue.publish_step(claim, {"step": 3, "steps": 8, "eta_s": 1.5})
+    jobs.publish_step(claim, {"step": 3, "steps": 8, "eta_s": 1.5})
     queue._cache.clear()
     [p] = queue.running()
     assert (p.job_id, p.step, p.steps, p.eta_s) == (job.id, 3, 8, 1.5)
     assert queue.eta_s(queue.get(job.id)) == 1.5
-    queue.hello("w1", {"model": "zimage-tiny", "default_side": 256})
+    jobs.hello("w1", {"model": "zimage-tiny", "default_side": 256})
     queue._cache.clear()
     [w] = queue.workers()
     assert w.consumer == "w1" and w.info["model"] == "zimage-tiny" and w.seen_s_ago < 5
     assert queue.stats().workers == 1 and queue.stats().pending == 1
 
 
-def test_tidy_forgets_expired_jobs_and_gone_consumers(queue: RedisQueue) -> None:
+def test_tidy_forgets_expired_jobs_and_gone_consumers(queue: RedisQueue, jobs: WorkerQueue) -> None:
     done = queue.submit(req())
-    claim = queue.take("w1", block_s=0.05)
+    claim = jobs.take("w1", block_s=0.05)
     assert claim is not None
-    queue.finish(claim, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
-    queue.hello("w1", {})
-    queue._r.delete(queue._key("job", done.id))  # as if its history had expired
-    queue.tidy(idle_consumer_s=0)
+    jobs.finish(claim, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
+    jobs.hello("w1", {})
+    queue.conn.client.delete(queue.conn.key("job", done.id))  # as if its history had expired
+    jobs.tidy(idle_consumer_s=0)
     assert queue.counts()["succeeded"] == 0 and queue.list(10) == []
     assert queue.stats().consumers == 0 and queue._workers() == []
 
@@ -239,7 +252,8 @@ def test_accepted_jobs_survive_a_redis_crash(tmp_path: Path,
                    for r in caplog.records)
         server.start()
         wait_for(lambda: q.depth() == 5, 10, "the queue to come back")
-        taken = [q.take("w1", block_s=0.05) for _ in range(5)]
+        worker = WorkerQueue.from_queue(q)
+        taken = [worker.take("w1", block_s=0.05) for _ in range(5)]
         assert [c.job.id for c in taken if c] == ids
         q.close()
     finally:

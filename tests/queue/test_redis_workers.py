@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from steadygen.queue.job import parse_event_id
-from steadygen.queue.redis_streams import RedisQueue
+from steadygen.queue.redis_queue import RedisQueue
 
 from .redis_support import (
     Proc,
@@ -167,6 +167,28 @@ def test_two_workers_run_forty_jobs_each_exactly_once(two_workers: Cluster) -> N
     assert c.api is not None  # the API loaded no model: not even torch
     assert "libtorch" not in Path(f"/proc/{c.api.pid}/maps").read_text()
     q.close()
+
+
+def test_api_telemetry_shows_the_freshest_worker_sample(cluster: Cluster) -> None:
+    c = cluster  # the API has no sampler; a worker that samples publishes its latest sample
+    snapshot = httpx.get(c.base + "/v1/telemetry", timeout=10).json()
+    assert snapshot["sample"] is None  # the cluster's workers run without a sampler
+    sampling = start_worker("sampling", c.redis.url, c.root / "data", c.root / "logs",
+                            sampler_hz=2, **WORKER_ENV)
+    try:
+        def sampled() -> dict[str, Any] | None:
+            snap = httpx.get(c.base + "/v1/telemetry", timeout=10).json()
+            return snap if snap["sample"] else None
+
+        snapshot = wait_for(sampled, 120, "a worker's sample in /v1/telemetry", every_s=0.3)
+        sample = snapshot["sample"]
+        assert sample["worker"].endswith(f"-{sampling.pid}")  # its consumer name
+        assert sample["host"]["rss_bytes"] > 0 and sample["host"]["cpu_count"] >= 1
+        assert sample["t_wall"] > 0 and isinstance(sample["gpus"], list)
+        assert snapshot["gpu_backend"] in ("none", "nvml", "nvidia-smi")
+    finally:
+        sampling.stop()
+    assert sampling.proc.returncode == 0, sampling.log()[-2000:]
 
 
 def test_synchronous_apis_return_images_made_by_a_worker(two_workers: Cluster) -> None:
