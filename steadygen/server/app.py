@@ -19,7 +19,7 @@ from steadygen.server import (
 )
 from steadygen.server.errors import install_error_handlers
 from steadygen.server.metrics import StateCollector
-from steadygen.server.security import BodyLimit, require_key
+from steadygen.server.security import BodyLimit, RequireKey, require_key
 from steadygen.server.service import Service
 
 
@@ -46,6 +46,7 @@ def build_app(settings: Settings, service: Service) -> FastAPI:
     for module in (routes_ops, routes_jobs, routes_openai, routes_a1111, routes_telemetry, web):
         app.include_router(module.router(service))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequireKey, expected=settings.api_key)  # outside: before the body
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

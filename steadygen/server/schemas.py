@@ -92,7 +92,8 @@ ERROR_TEXT = {
     413: "The request body is larger than the server's limit.",
     429: "The queue is full; `Retry-After` says when to try again.",
     500: "The job failed (the message says why), or a bug.",
-    503: "The job queue cannot be reached; `Retry-After` says when to try again.",
+    503: "The job queue cannot be reached, or the job database is locked by another "
+         "process; `Retry-After` says when to try again.",
     507: "The data directory or the job database cannot be written (a full disk?).",
 }
 

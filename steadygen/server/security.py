@@ -13,28 +13,54 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/",)
 
 
+def key_problem(path: str, authorization: str, expected: str | None) -> str | None:
+    """Why a request may not pass (the 401's message), or None when it may."""
+    if expected is None or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return "authorization: missing; send 'Authorization: Bearer <API key>'"
+    if not secrets.compare_digest(token.encode(), expected.encode()):
+        return "authorization: the API key is wrong"
+    return None
+
+
 def require_key(expected: str | None):
     """A FastAPI dependency: ``Authorization: Bearer <key>`` when a key is configured."""
 
     async def check(request: Request) -> None:
-        if expected is None:
-            return
-        path = request.url.path
-        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(
-                401, "authorization: missing; send 'Authorization: Bearer <API key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not secrets.compare_digest(token.encode(), expected.encode()):
-            raise HTTPException(
-                401, "authorization: the API key is wrong", headers={"WWW-Authenticate": "Bearer"}
-            )
+        problem = key_problem(request.url.path, request.headers.get("authorization", ""),
+                              expected)
+        if problem is not None:
+            raise HTTPException(401, problem, headers={"WWW-Authenticate": "Bearer"})
 
     return check
+
+
+class RequireKey:
+    """The same check as ASGI middleware, before routing and before the body is read: a
+    client without the key learns nothing, not even whether its JSON or its path is valid
+    (FastAPI reads and parses the body before it runs a route's dependencies)."""
+
+    def __init__(self, app: ASGIApp, expected: str | None):
+        self.app = app
+        self.expected = expected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.expected is not None:
+            authorization = ""
+            for name, value in scope.get("headers") or []:
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+            problem = key_problem(scope["path"], authorization, self.expected)
+            if problem is not None:
+                response = error_response(
+                    401, problem, kind="authentication_error", param="authorization",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
