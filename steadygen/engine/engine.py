@@ -264,16 +264,26 @@ class Engine:
             except Cancelled:
                 raise
             except Exception as exc:
-                self._recover_memory()
-                if _is_oom(exc):
-                    raise OutOfMemory(
-                        f"out of memory on {self.device} at {req.size}, n={req.n}: try a "
-                        "smaller size or fewer images; memory was returned and the next job "
-                        "can run"
-                    ) from exc
-                if isinstance(exc, GenerationError):
-                    raise
-                raise GenerationError(f"generation failed: {type(exc).__name__}: {exc}") from exc
+                typed = self._typed_failure(exc, req)
+                failure = exc
+            # Outside the except block, and with the traceback's frames dropped, the failed
+            # job's tensors are unreachable: emptying the cache now returns them to the device.
+            log.debug("generation failed", exc_info=failure)
+            failure.__traceback__ = None
+            self._recover_memory()
+            if typed is failure:
+                raise typed
+            raise typed from failure
+
+    def _typed_failure(self, exc: Exception, req: GenerationRequest) -> Exception:
+        if _is_oom(exc):
+            return OutOfMemory(
+                f"out of memory on {self.device} at {req.size}, n={req.n}: try a smaller size "
+                "or fewer images; memory was returned and the next job can run"
+            )
+        if isinstance(exc, GenerationError):
+            return exc
+        return GenerationError(f"generation failed: {type(exc).__name__}: {exc}")
 
     def _generate_locked(
         self,

@@ -110,6 +110,8 @@ def test_priority_then_arrival_and_a_cancelled_queued_job_never_runs(
     recorder = queue.recorder
     assert isinstance(recorder, Recording)
     assert recorder.submitted == [a.id, b.id, c.id, d.id]
+    # The recorder hears of a job just after the store records its end.
+    wait_until(lambda: len(recorder.finished) == 4, "the recorder to hear of every job")
     assert sorted(recorder.finished) == sorted(
         [(b.id, "cancelled"), (c.id, "succeeded"), (a.id, "succeeded"), (d.id, "succeeded")]
     )
