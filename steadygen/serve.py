@@ -138,6 +138,11 @@ class Server:
             self.state["error"] = str(exc)
             log.error("the model could not be loaded: %s", exc)
 
+    def drain(self) -> None:
+        """On SIGTERM, at once: no new submissions, no new jobs started."""
+        self.state["accepting"] = False
+        self.queue.drain()
+
     def stop(self) -> None:
         self.state["accepting"] = False
         self.queue.stop(self.settings.shutdown_grace_s)
@@ -209,6 +214,10 @@ class RemoteServer:
             elif len(models) > 1:
                 names = sorted(str(m[0]) for m in models)
                 log.warning("workers serve different models: %s", names)
+
+    def drain(self) -> None:
+        """On SIGTERM: answer no new submissions; the workers keep their jobs."""
+        self.queue.stop_accepting()
 
     def stop(self) -> None:
         self._stop.set()
@@ -354,5 +363,14 @@ def run_serve(settings: Settings) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         access_log=False,
     )
-    uvicorn.Server(config).run()
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn waits for open connections (SSE streams) before the app's shutdown
+        runs; steadygen stops taking and starting jobs the moment the signal arrives."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            server.drain()
+            super().handle_exit(sig, frame)
+
+    DrainingServer(config).run()
     return 0

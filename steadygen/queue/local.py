@@ -20,6 +20,7 @@ from steadygen.errors import (
     GenerationError,
     JobNotFound,
     QueueFull,
+    QueueUnavailable,
     SteadygenError,
     StorageError,
 )
@@ -103,13 +104,17 @@ class LocalQueue:
     def accepting(self) -> bool:
         return self._accepting
 
-    def stop(self, grace_s: float) -> bool:
-        """Stop taking work; let running jobs finish within ``grace_s``. Queued jobs stay
-        in the store. Returns True if every worker stopped in time."""
+    def drain(self) -> None:
+        """Take no new submissions and start no more jobs; running jobs go on."""
         self._accepting = False
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
+
+    def stop(self, grace_s: float) -> bool:
+        """Stop taking work; let running jobs finish within ``grace_s``. Queued jobs stay
+        in the store. Returns True if every worker stopped in time."""
+        self.drain()
         deadline = time.monotonic() + grace_s
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -126,7 +131,8 @@ class LocalQueue:
 
     def submit(self, req: GenerationRequest, priority: int = 0) -> Job:
         if not self._accepting:
-            raise QueueFull(self.max_queue, retry_after_s=30.0)
+            raise QueueUnavailable("the server is shutting down and takes no new jobs; "
+                                   "retry once it is back")
         with self._submit_lock:
             depth = self.depth()
             if depth >= self.max_queue:

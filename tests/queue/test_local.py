@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from steadygen.analysis.baseline import Baselines
-from steadygen.errors import QueueFull
+from steadygen.errors import QueueFull, QueueUnavailable
 from steadygen.queue.job import Job, JobState
 from steadygen.queue.local import LocalQueue, Recorder
 from steadygen.queue.runner import RunContext
@@ -184,7 +184,7 @@ def test_stop_lets_the_running_job_finish_and_leaves_queued_jobs_queued(
     assert queue.stop(grace_s=TIMEOUT_S) is True
     assert queue.get(running.id).state is JobState.SUCCEEDED
     assert [queue.get(j.id).state for j in waiting] == [JobState.QUEUED] * 2
-    with pytest.raises(QueueFull):
+    with pytest.raises(QueueUnavailable):
         queue.submit(make_req())  # no longer accepting
 
 
