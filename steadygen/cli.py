@@ -209,7 +209,7 @@ def worker(ctx: click.Context, cpu_threads: int | None, **opts: Any) -> None:
 @edge_errors
 def models(ctx: click.Context, as_json: bool) -> None:
     """List the models and whether each can run here."""
-    from steadygen.engine.engine import cuda_available
+    from steadygen.engine.device import cuda_available
     from steadygen.engine.models import availability, builtin_models, default_model_name
 
     has_cuda = cuda_available()

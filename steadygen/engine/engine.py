@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from steadygen.engine import speed
+from steadygen.engine.device import configure_allocator, cuda_available, is_oom, memory_stats
 from steadygen.engine.models import ModelSpec, default_model_name, require_available, resolve_model
 from steadygen.engine.outputs import a1111_parameters, save_png, unique_stem
 from steadygen.engine.timings import StepClock, Timings
@@ -27,7 +28,6 @@ from steadygen.request import SEED_MAX, GenerationRequest
 
 log = logging.getLogger("steadygen.engine")
 
-ALLOC_CONF = "expandable_segments:True"
 
 
 @dataclass(frozen=True)
@@ -52,20 +52,6 @@ class GenerationResult:
     notes: list[str] = field(default_factory=list)
     memory: dict[str, float] = field(default_factory=dict)  # allocator stats, bytes
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def configure_allocator() -> bool:
-    """Ask for expandable segments before CUDA initialises, unless the user chose already."""
-    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
-        return False
-    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
-    return True
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 class Engine:
@@ -276,7 +262,7 @@ class Engine:
             raise typed from failure
 
     def _typed_failure(self, exc: Exception, req: GenerationRequest) -> Exception:
-        if _is_oom(exc):
+        if is_oom(exc):
             return OutOfMemory(
                 f"out of memory on {self.device} at {req.size}, n={req.n}: try a smaller size "
                 "or fewer images; memory was returned and the next job can run"
@@ -402,7 +388,7 @@ class Engine:
         marks["end"] = self._sync()
 
         self._finish_timings(timings, marks)
-        memory = self._memory_stats()
+        memory = memory_stats(self.device) if self.is_cuda else {}
         if not timings.first_of_shape and timings.steps_s:
             self._step_s_by_shape[shape] = sorted(timings.steps_s)[len(timings.steps_s) // 2]
         self._warm_shapes.add(shape)
@@ -463,24 +449,6 @@ class Engine:
 
             torch.cuda.empty_cache()
 
-    def _memory_stats(self) -> dict[str, float]:
-        if not self.is_cuda:
-            return {}
-        import torch
-
-        dev = torch.device(self.device)
-        stats = torch.cuda.memory_stats(dev)
-        allocated = float(stats.get("allocated_bytes.all.current", 0))
-        reserved = float(stats.get("reserved_bytes.all.current", 0))
-        return {
-            "allocated_bytes": allocated,
-            "reserved_bytes": reserved,
-            "peak_allocated_bytes": float(stats.get("allocated_bytes.all.peak", 0)),
-            "fragmentation_ratio": (reserved - allocated) / reserved if reserved else 0.0,
-            "alloc_retries": float(stats.get("num_alloc_retries", 0)),
-            "ooms": float(stats.get("num_ooms", 0)),
-        }
-
     def _notes(self, req: GenerationRequest) -> list[str]:
         notes = []
         if req.uses_cfg:
@@ -513,12 +481,3 @@ class Engine:
 
 def _shape(req: GenerationRequest) -> tuple[int, int, bool, int]:
     return (req.width, req.height, req.uses_cfg, req.n)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    oom_types: tuple[type[BaseException], ...] = (MemoryError,)
-    if hasattr(torch, "OutOfMemoryError"):
-        oom_types += (torch.OutOfMemoryError,)
-    return isinstance(exc, oom_types) or "out of memory" in str(exc).lower()

@@ -11,12 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from steadygen.engine.engine import (
-    ALLOC_CONF,
-    Engine,
-    StepProgress,
-    configure_allocator,
-)
+from steadygen.engine.device import ALLOC_CONF, configure_allocator
+from steadygen.engine.engine import Engine, StepProgress
 from steadygen.engine.models import TINY, resolve_model
 from steadygen.engine.outputs import read_png_metadata
 from steadygen.engine.speed import EngineOptions
