@@ -213,11 +213,13 @@ class HostBackend:
             proc = self._known.get(pid)
             try:
                 if proc is None:
+                    # First sight: its share over its life so far (a burner started a moment
+                    # ago shows at once); later scans give the share since the previous one.
                     proc = psutil.Process(pid)
-                    proc.cpu_percent(interval=None)  # baseline; the share comes next scan
-                    alive[pid] = proc
-                    continue
-                pct = proc.cpu_percent(interval=None)
+                    proc.cpu_percent(interval=None)  # the baseline for the next scan
+                    pct = _lifetime_cpu_pct(proc)
+                else:
+                    pct = proc.cpu_percent(interval=None)
                 alive[pid] = proc
                 if pct > 0:
                     found.append(ForeignCpuProcess(pid=pid, name=proc.name(), cpu_pct=pct))
@@ -245,3 +247,10 @@ def _safe(fn: Callable[[], T]) -> T | None:
         return fn()
     except (psutil.Error, OSError):
         return None
+
+
+def _lifetime_cpu_pct(proc: psutil.Process) -> float:
+    """CPU time over wall time since the process started, in percent of one CPU."""
+    times = proc.cpu_times()
+    age = time.time() - proc.create_time()
+    return 100.0 * (times.user + times.system) / age if age > 0.05 else 0.0
