@@ -12,28 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from steadygen.compose import build_engine, build_sampler
 from steadygen.config import Settings
 from steadygen.request import parse_size, validate_request
-
-
-def build_engine(settings: Settings) -> Any:
-    from steadygen.engine.engine import Engine
-    from steadygen.engine.speed import EngineOptions
-
-    options = EngineOptions(
-        attention=settings.attention,
-        compile=settings.compile,
-        fp8=settings.fp8,
-        vae_tiling=settings.vae_tiling,
-        prompt_cache_size=settings.prompt_cache_size,
-        empty_cache_per_request=settings.empty_cache_per_request,
-    )
-    return Engine.create(
-        model=settings.model,
-        device=settings.device,
-        cache_dir=settings.cache_dir,
-        options=options,
-    )
 
 
 def raw_request(prompt: str, opts: dict[str, Any], default_side: int) -> dict[str, Any]:
@@ -68,16 +49,6 @@ def timing_table(timings: Any) -> Table:
             f"min {min(steps) * 1000:.1f}, max {max(steps) * 1000:.1f}"
         )
     return table
-
-
-def job_sampler(settings: Settings) -> Any:
-    """A telemetry sampler for one generation (GPU and host), already started."""
-    from steadygen.telemetry import Sampler
-
-    interval = 1.0 / settings.sampler_hz if settings.sampler_hz > 0 else 0.0
-    sampler = Sampler(interval_s=interval)
-    sampler.start()
-    return sampler
 
 
 def telemetry_line(summary: dict[str, Any]) -> str:
@@ -132,7 +103,8 @@ def run_generate(settings: Settings, prompt: str, **opts: Any) -> int:
             rate = 1.0 / p.step_s if p.step_s > 0 else 0.0
             bar.update(task, completed=p.step, rate=rate, eta=p.eta_s)
 
-        sampler = job_sampler(settings)
+        sampler = build_sampler(settings, engine.device)
+        sampler.start()
         mark = sampler.begin_job("cli")
         try:
             result = engine.generate(req, on_step=on_step, save_dir=out_dir)

@@ -17,10 +17,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from steadygen.analysis.baseline import Baselines
+from steadygen.compose import build_diagnoser, build_engine, build_sampler
 from steadygen.config import Settings
 from steadygen.engine.engine import Engine
 from steadygen.errors import ConfigError, SteadygenError
-from steadygen.generate import build_engine
 from steadygen.queue.events import EventHub
 from steadygen.queue.local import LocalQueue
 from steadygen.queue.runner import RunContext, shape_key
@@ -30,23 +30,6 @@ from steadygen.server.metrics import Metrics
 from steadygen.server.service import Service
 
 log = logging.getLogger("steadygen.serve")
-
-
-def build_sampler(settings: Settings, device: str) -> Any:
-    from steadygen.telemetry.alerts import Alerts, AlertThresholds
-    from steadygen.telemetry.sampler import Sampler
-
-    alerts = Alerts(
-        AlertThresholds(temp_c=settings.temp_alert_c, fragmentation=settings.fragmentation_alert)
-    )
-    index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
-    interval = 1.0 / settings.sampler_hz if settings.sampler_hz > 0 else 0.0
-    return Sampler(
-        interval_s=interval,
-        gpu_indices=[index] if device.startswith("cuda") else None,
-        alerts=alerts,
-        enable_gpu=True,
-    )
 
 
 def warmup_sizes(settings: Settings, engine: Engine) -> list[tuple[int, int]]:
@@ -82,7 +65,7 @@ class Server:
         self.hub = EventHub()
         self.metrics.registry.register(SubscriberCollector(self.hub))
         self.fault = InjectedFault.from_env()  # a test hook; None unless the variable is set
-        self.diagnose: Callable[..., Any] | None = _attribution(settings, self.sampler)
+        self.diagnose: Callable[..., Any] | None = build_diagnoser(settings, self.sampler)
         self.contexts = [self._context(self.engine)]
         self.queue = LocalQueue(
             self.store,
@@ -319,12 +302,6 @@ class StreamCollector(Collector):
                 family = GaugeMetricFamily(name, doc)
                 family.add_metric([], float(value))
                 yield family
-
-
-def _attribution(settings: Settings, sampler: Any = None) -> Callable[..., Any]:
-    from steadygen.analysis.attribute import make_diagnoser
-
-    return make_diagnoser(settings.slow_margin, sampler=sampler, on_slow=log.warning)
 
 
 def run_serve(settings: Settings) -> int:

@@ -90,8 +90,7 @@ class Lease(threading.Thread):
 
 class Worker:
     def __init__(self, settings: Settings, engine: Any = None, consumer: str | None = None):
-        from steadygen.generate import build_engine
-        from steadygen.serve import _attribution, build_sampler
+        from steadygen.compose import build_diagnoser, build_engine, build_sampler
 
         self.settings = settings
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -103,7 +102,7 @@ class Worker:
         self.metrics = Metrics()
         self.ctx = RunContext(engine=self.engine, images_dir=settings.images_dir,
                               baselines=Baselines(), sampler=self.sampler,
-                              diagnose=_attribution(settings, self.sampler))
+                              diagnose=build_diagnoser(settings, self.sampler))
         self.state: dict[str, Any] = {"loaded": False, "warm": False, "error": None}
         self.stopping = threading.Event()
         self.current: Claim | None = None
