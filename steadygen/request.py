@@ -46,6 +46,12 @@ class GenerationRequest:
         return self.guidance > 0
 
     @property
+    def image_seeds(self) -> list[int]:
+        """The seed of each image: ``seed``, ``seed + 1``, ... wrapping past SEED_MAX (as
+        AUTOMATIC1111 numbers a batch). The one place this rule lives."""
+        return [(self.seed + k) % (SEED_MAX + 1) for k in range(self.n)]
+
+    @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
 

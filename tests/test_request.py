@@ -176,3 +176,11 @@ def test_parse_size_rejects_with_the_expected_form(text: Any) -> None:
         parse_size(text, field="--size")
     assert info.value.first.field == "--size"
     assert "WIDTHxHEIGHT" in info.value.first.message
+
+
+def test_image_seeds_count_up_from_the_seed_and_wrap_past_the_maximum() -> None:
+    from steadygen.request import SEED_MAX, GenerationRequest
+
+    req = GenerationRequest(prompt="p", width=256, height=256, steps=2, guidance=0.0,
+                            seed=SEED_MAX - 1, n=3, model="m")
+    assert req.image_seeds == [SEED_MAX - 1, SEED_MAX, 0]

@@ -24,10 +24,9 @@ from steadygen.engine.models import ModelSpec, default_model_name, require_avail
 from steadygen.engine.outputs import a1111_parameters, save_png, unique_stem
 from steadygen.engine.timings import StepClock, Timings
 from steadygen.errors import Cancelled, ConfigError, GenerationError, OutOfMemory
-from steadygen.request import SEED_MAX, GenerationRequest
+from steadygen.request import GenerationRequest
 
 log = logging.getLogger("steadygen.engine")
-
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,8 @@ class StepProgress:
     step_s: float  # host-side length of this step
     elapsed_s: float  # since the job entered the engine
     eta_s: float  # remaining seconds, from this job's own steps so far and the decode estimate
+    # the latents after this step (a reference, not a copy), for live previews
+    latents: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -280,16 +281,42 @@ class Engine:
         file_prefix: str,
         timings: Timings,
     ) -> GenerationResult:
-        import torch
-
-        pipe = self.pipe
-        marks = timings.marks
+        """The stages in order, each timed at its edges (``timings.marks``)."""
         shape = _shape(req)
         timings.first_of_shape = shape not in self._warm_shapes
         self._fault("start")
+        embeds = self._encode(req, timings)  # 1
+        latents, run = self._denoise(req, embeds, on_step, cancel, timings)  # 2
+        images = self._decode_stage(req, latents, timings)  # 3
+        paths = self._save(req, images, save_dir, file_prefix, timings)  # 4
+        self._release(timings)  # 5
+        self._finish_timings(timings, timings.marks)
+        memory = memory_stats(self.device) if self.is_cuda else {}
+        if not timings.first_of_shape and timings.steps_s:
+            self._step_s_by_shape[shape] = sorted(timings.steps_s)[len(timings.steps_s) // 2]
+        self._warm_shapes.add(shape)
+        return GenerationResult(
+            request=req,
+            images=images,
+            paths=paths,
+            timings=timings,
+            model=self.spec.name,
+            device=self.device,
+            notes=self._notes(req),
+            memory=memory,
+            metadata={
+                "versions": self.versions(),
+                "options": self.options_summary(),
+                **run,
+            },
+        )
 
-        # 1. Encode the prompt (and the negative prompt when CFG is on); cached by text.
+    def _encode(self, req: GenerationRequest, timings: Timings) -> tuple[Any, Any]:
+        """1. Encode the prompt (and the negative prompt when CFG is on); cached by text."""
+        import torch
+
         self._fault("encode")
+        pipe = self.pipe
         key = (req.prompt, req.negative_prompt if req.uses_cfg else None)
         cached = self._prompt_cache.get(key)
         timings.prompt_cache_hit = cached is not None
@@ -302,16 +329,28 @@ class Engine:
                     negative_prompt=req.negative_prompt or None,
                 )
             self._prompt_cache.put(key, cached)
-        prompt_embeds, negative_embeds = cached
-        marks["encode_end"] = self._sync()
+        timings.marks["encode_end"] = self._sync()
+        return cached
 
-        # 2. Denoise: the pipeline's own loop, each step timed between the transformer's
-        #    first entry and the step-end callback.
+    def _denoise(
+        self,
+        req: GenerationRequest,
+        embeds: tuple[Any, Any],
+        on_step: Callable[[StepProgress], None] | None,
+        cancel: threading.Event | None,
+        timings: Timings,
+    ) -> tuple[Any, dict[str, Any]]:
+        """2. Prepare and run the pipeline's own denoising loop, each step timed between the
+        transformer's first entry and the step-end callback. Returns the latents and facts
+        about the run (compilations paid, whether an attention mask was needed)."""
+        import torch
+
+        pipe = self.pipe
+        marks = timings.marks
+        t_start = marks["start"]
+        prompt_embeds, negative_embeds = embeds
         clock = StepClock(self.is_cuda)
-        generators = [
-            torch.Generator(device="cpu").manual_seed((req.seed + k) % (SEED_MAX + 1))
-            for k in range(req.n)
-        ]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in req.image_seeds]
 
         def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             clock.end()
@@ -321,14 +360,14 @@ class Engine:
                 step_s = clock.host_step_s()
                 avg = (time.monotonic() - (clock.first_start or t_start)) / clock.completed
                 remaining = (req.steps - clock.completed) * avg + step_s * 0.5
-                on_step(StepProgress(i + 1, req.steps, step_s, elapsed, max(0.0, remaining)))
+                on_step(StepProgress(i + 1, req.steps, step_s, elapsed, max(0.0, remaining),
+                                     latents=kwargs.get("latents")))
             if cancel is not None and cancel.is_set() and i + 1 < req.steps:
                 raise Cancelled(at_step=i + 1)
             clock.resume()
             return kwargs
 
         hook = pipe.transformer.register_forward_pre_hook(lambda *_: clock.start())
-        t_start = timings.marks["start"]
         backend = self.applied.get("attention_backend", "native")
         captions = list(prompt_embeds) + (list(negative_embeds) if req.uses_cfg else [])
         needs_mask = speed.needs_attention_mask([len(c) for c in captions])
@@ -357,58 +396,54 @@ class Engine:
             marks["denoise_end"]
         )
         speed.move_compile_into_warmup(timings, compiles.events)  # compile is cold start
+        return latents, {
+            "recompiles": compiles.count,  # compilations this job paid (0 when warm)
+            "compile_s": compiles.seconds,
+            "attention_mask": needs_mask,
+        }
 
-        # 3. Decode the latents into images.
+    def _decode_stage(self, req: GenerationRequest, latents: Any, timings: Timings) -> list[Any]:
+        """3. Decode the latents into images."""
+        import torch
+
         self._fault("decode")
-        speed.vae_tiling_for(pipe.vae, self.options.vae_tiling, req.width, req.height)
+        speed.vae_tiling_for(self.pipe.vae, self.options.vae_tiling, req.width, req.height)
         with torch.inference_mode():
             images = self._decode(latents)
-        marks["decode_end"] = self._sync()
-        self._finish_timings(timings, marks)  # provisional, for the PNG metadata
+        timings.marks["decode_end"] = self._sync()
+        self._finish_timings(timings, timings.marks)  # provisional, for the PNG metadata
+        return images
 
-        # 4. Save PNGs with their parameters inside.
+    def _save(
+        self,
+        req: GenerationRequest,
+        images: list[Any],
+        save_dir: Path | None,
+        file_prefix: str,
+        timings: Timings,
+    ) -> list[Path]:
+        """4. Save PNGs with their parameters inside."""
         self._fault("save")
         paths: list[Path] = []
-        notes = self._notes(req)
         if save_dir is not None:
             stem = unique_stem(file_prefix)
-            for k, image in enumerate(images):
-                seed_k = (req.seed + k) % (SEED_MAX + 1)
+            for k, (image, seed_k) in enumerate(zip(images, req.image_seeds, strict=True)):
                 meta = self._metadata(req, seed_k, k, timings)
                 path = Path(save_dir) / f"{stem}-{k}.png"
                 params = a1111_parameters(req, self.spec.name, seed_k)
                 paths.append(save_png(image, path, parameters=params, metadata=meta))
-        marks["save_end"] = time.monotonic()
+        timings.marks["save_end"] = time.monotonic()
+        return paths
 
-        # 5. The known-bad case, on purpose only: give cached memory back after every job.
+    def _release(self, timings: Timings) -> None:
+        """5. The known-bad case, on purpose only: give cached memory back after every job."""
         if self.options.empty_cache_per_request:
+            import torch
+
             gc.collect()
             if self.is_cuda:
                 torch.cuda.empty_cache()
-        marks["end"] = self._sync()
-
-        self._finish_timings(timings, marks)
-        memory = memory_stats(self.device) if self.is_cuda else {}
-        if not timings.first_of_shape and timings.steps_s:
-            self._step_s_by_shape[shape] = sorted(timings.steps_s)[len(timings.steps_s) // 2]
-        self._warm_shapes.add(shape)
-        return GenerationResult(
-            request=req,
-            images=images,
-            paths=paths,
-            timings=timings,
-            model=self.spec.name,
-            device=self.device,
-            notes=notes,
-            memory=memory,
-            metadata={
-                "versions": self.versions(),
-                "options": self.options_summary(),
-                "recompiles": compiles.count,  # compilations this job paid (0 when warm)
-                "compile_s": compiles.seconds,
-                "attention_mask": needs_mask,
-            },
-        )
+        timings.marks["end"] = self._sync()
 
     def _decode(self, latents: Any) -> list[Any]:
         pipe = self.pipe

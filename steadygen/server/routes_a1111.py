@@ -39,13 +39,12 @@ def router(service: Service) -> APIRouter:
         job = await queue.wait(job.id)
         require_success(job)
         images = await asyncio.to_thread(b64_images, service.images_dir, job)
-        seeds = [(req.seed + k) % 2**32 for k in range(req.n)]
         info = {
             "prompt": req.prompt,
             "negative_prompt": req.negative_prompt,
             "all_prompts": [req.prompt] * req.n,
             "seed": req.seed,
-            "all_seeds": seeds,
+            "all_seeds": req.image_seeds,
             "width": req.width,
             "height": req.height,
             "steps": req.steps,
