@@ -30,6 +30,17 @@ class Limits:
     max_n: int = 4
     max_prompt_chars: int = 4000
     max_guidance: float = 30.0
+    # editing: input images, LoRA adapters, ControlNet
+    max_input_images: int = 4  # images in one edit request (OpenAI's image[])
+    max_input_pixels: int = 4096 * 4096  # an upload's declared size, checked before decoding
+    max_loras: int = 4  # adapters in one request
+    min_lora_weight: float = -2.0
+    max_lora_weight: float = 2.0
+    # Filled from the settings of the same names (Settings.__post_init__): what a request may
+    # name is checked at validation, so a missing LoRA or ControlNet is a 400, not a failed job.
+    lora_dir: Path | None = field(default=None, compare=False)
+    controlnet_enabled: bool = field(default=False, compare=False)
+    inputs_dir: Path | None = field(default=None, compare=False)
 
 
 def _default_data_dir() -> Path:
@@ -59,6 +70,10 @@ class Settings:
     fp8: bool = False
     vae_tiling: str = "auto"  # auto | on | off
     prompt_cache_size: int = 32
+    # editing: a folder of LoRA .safetensors files; a local Z-Image ControlNet checkpoint
+    lora_dir: Path | None = None
+    controlnet: Path | None = None
+    lora_cache_size: int = 8  # adapters kept loaded at once
     # HTTP service
     host: str = "127.0.0.1"
     port: int = 7860
@@ -66,6 +81,7 @@ class Settings:
     max_queue: int = 64
     concurrency: int = 1
     max_body_bytes: int = 1_000_000
+    max_upload_bytes: int = 25_000_000  # bodies that carry images (edits, img2img, inputs)
     cors_origins: tuple[str, ...] = ()
     log_prompts: bool = False
     shutdown_grace_s: float = 30.0
@@ -83,6 +99,11 @@ class Settings:
     metrics_port: int = 9400  # a worker's own /metrics
     limits: Limits = field(default_factory=Limits)
 
+    def __post_init__(self) -> None:
+        edits = {"lora_dir": self.lora_dir, "controlnet_enabled": self.controlnet is not None,
+                 "inputs_dir": self.inputs_dir}
+        object.__setattr__(self, "limits", dataclasses.replace(self.limits, **edits))
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given fields replaced; None values are ignored (an unset flag)."""
         clean = {k: v for k, v in overrides.items() if v is not None}
@@ -91,6 +112,11 @@ class Settings:
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def inputs_dir(self) -> Path:
+        """Uploaded input images, by content hash; shared with Redis workers."""
+        return self.data_dir / "inputs"
 
     @property
     def db_path(self) -> Path:
@@ -204,6 +230,23 @@ def _check(s: Settings) -> None:
     if s.queue_url and not s.queue_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f"queue must be a Redis URL such as redis://127.0.0.1:6379/0 (got {s.queue_url!r})"
+        )
+    if s.lora_dir is not None and not s.lora_dir.is_dir():
+        raise ConfigError(f"lora_dir {s.lora_dir} is not a directory; create it or unset it")
+    if s.controlnet is not None and not (s.controlnet / "config.json").is_file():
+        raise ConfigError(
+            f"controlnet {s.controlnet} is not a ControlNet checkpoint directory (no config.json)"
+        )
+    lim = s.limits
+    if not lim.min_lora_weight < lim.max_lora_weight:
+        raise ConfigError(
+            f"min_lora_weight ({lim.min_lora_weight}) must be below max_lora_weight "
+            f"({lim.max_lora_weight})"
+        )
+    if s.max_upload_bytes < s.max_body_bytes:
+        raise ConfigError(
+            f"max_upload_bytes ({s.max_upload_bytes}) must be at least max_body_bytes "
+            f"({s.max_body_bytes})"
         )
     if s.max_attempts < 1:
         raise ConfigError(f"max_attempts must be at least 1 (got {s.max_attempts})")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from steadygen.config import Limits
+from steadygen.editing import LoraSpec, check_edits, steps_run
 from steadygen.errors import FieldError, InvalidRequest
 
 # Z-Image-Turbo's settings on diffusers 0.39 and later (8 forwards, no CFG).
@@ -39,6 +40,37 @@ class GenerationRequest:
     model: str
     negative_prompt: str = ""
     seed_was_random: bool = False
+    # editing (steadygen.editing): inputs are references to stored PNGs (steadygen.inputs)
+    mode: str = "txt2img"  # txt2img | img2img | inpaint
+    init_image: str | None = None
+    mask: str | None = None  # white = redo
+    control_image: str | None = None
+    strength: float = 1.0  # img2img / inpaint: how much of the schedule runs
+    loras: tuple[LoraSpec, ...] = ()
+    control_scale: float = 0.75
+    mask_blur: int = 0  # pixels
+    mask_invert: bool = False
+    inpaint_fill: str = "original"  # original | fill (the masked region's start)
+    inpaint_full_res: bool = False  # redo only the masked region's box, at full size
+    inpaint_full_res_padding: int = 32
+    resize_mode: str = "resize"  # resize | crop | fill: how the input meets width x height
+
+    @property
+    def steps_run(self) -> int:
+        """Denoising steps actually run: all of them for txt2img, fewer at strength < 1."""
+        return self.steps if self.mode == "txt2img" else steps_run(self.steps, self.strength)
+
+    @property
+    def variant(self) -> str:
+        """The part of a baseline's shape key that editing adds: mode, steps run, ControlNet
+        and adapters (names, not weights: a weight does not change the work). Empty for
+        plain text-to-image, so existing keys stay as they were."""
+        parts = [] if self.mode == "txt2img" else [f"{self.mode}:{self.steps_run}"]
+        if self.control_image is not None:
+            parts.append("control")
+        if self.loras:
+            parts.append("lora=" + "+".join(sorted(spec.name for spec in self.loras)))
+        return ",".join(parts)
 
     @property
     def uses_cfg(self) -> bool:
@@ -60,7 +92,10 @@ class GenerationRequest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationRequest:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if "loras" in fields:
+            fields["loras"] = tuple(LoraSpec.parse(item) for item in fields["loras"] or ())
+        return cls(**fields)
 
 
 def parse_size(text: Any, field: str = "size") -> tuple[int, int]:
@@ -153,7 +188,9 @@ def validate_request(
 ) -> GenerationRequest:
     """Check ``raw`` against the shared rules and return a GenerationRequest.
 
-    Keys: prompt, negative_prompt, width, height, steps, guidance, seed, n, model. Missing
+    Keys: prompt, negative_prompt, width, height, steps, guidance, seed, n, model, and the
+    edit fields (steadygen.editing: mode, init_image, mask, control_image, strength, loras,
+    control_scale, mask_blur, mask_invert, inpaint_fill, inpaint_full_res, resize_mode). Missing
     optional keys take Z-Image-Turbo's defaults. Raises InvalidRequest with every broken rule.
     """
     c = _Checker()
@@ -200,6 +237,7 @@ def validate_request(
     model = raw.get("model") or default_model
     if not isinstance(model, str) or model not in known:
         c.fail("model", f"must be one of {', '.join(known)} (got {model!r})")
+    edits = check_edits(c, raw, limits, steps)
     if c.errors:
         raise InvalidRequest(c.errors)
     assert prompt is not None and width and height and steps and n is not None
@@ -215,4 +253,5 @@ def validate_request(
         n=n,
         model=str(model),
         seed_was_random=random_seed,
+        **edits,
     )

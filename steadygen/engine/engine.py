@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steadygen.engine import speed
+from steadygen.engine import modes, speed
 from steadygen.engine.device import configure_allocator, cuda_available, is_oom, memory_stats
 from steadygen.engine.models import ModelSpec, default_model_name, require_available, resolve_model
 from steadygen.engine.outputs import a1111_parameters, save_png, unique_stem
@@ -74,10 +74,15 @@ class Engine:
         self.warmup_s: float = 0.0
         self.applied: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._warm_shapes: set[tuple[int, int, bool, int]] = set()
+        self._warm_shapes: set[tuple[int, int, bool, int, str, bool]] = set()
         self._prompt_cache = speed.PromptCache(self.options.prompt_cache_size)
-        self._step_s_by_shape: dict[tuple[int, int, bool, int], float] = {}
+        self._step_s_by_shape: dict[tuple[int, int, bool, int, str, bool], float] = {}
         self.fault_hook: Callable[[str], None] | None = None  # tests inject faults here
+        self.edits = modes.EditState(modes.EditConfig())
+
+    def configure_edits(self, config: modes.EditConfig) -> None:
+        """Where input images are read from, the LoRA folder and the ControlNet (editing)."""
+        self.edits = modes.EditState(config)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -180,6 +185,7 @@ class Engine:
             twin.load_s = 0.0
             twin._warm_shapes = self._warm_shapes
             twin._step_s_by_shape = self._step_s_by_shape
+            twin.edits = self.edits.fork()
             return twin
 
     def warmup(self, sizes: list[tuple[int, int]], steps: int = 2) -> float:
@@ -199,11 +205,17 @@ class Engine:
                     width=width, height=height, steps=steps, seed=0, model=self.spec.name,
                     **fields,
                 ), save_dir=None)
+        if self.edits.config.warmup and sizes:
+            with modes.warmup_dir() as tmp:
+                for req in modes.warmup_requests(self.spec.name, sizes, steps,
+                                                 self.edits.has_controlnet, Path(tmp)):
+                    self.generate(req, save_dir=None, inputs_dir=Path(tmp))
         self.warmup_s = time.monotonic() - t0
         return self.warmup_s
 
-    def is_warm(self, width: int, height: int, cfg: bool = False, n: int = 1) -> bool:
-        return (width, height, cfg, n) in self._warm_shapes
+    def is_warm(self, width: int, height: int, cfg: bool = False, n: int = 1,
+                mode: str = "txt2img", control: bool = False) -> bool:
+        return (width, height, cfg, n, mode, control) in self._warm_shapes
 
     @property
     def warm(self) -> bool:
@@ -240,14 +252,18 @@ class Engine:
         cancel: threading.Event | None = None,
         save_dir: Path | None = None,
         file_prefix: str = "",
+        inputs_dir: Path | None = None,
     ) -> GenerationResult:
-        """Generate ``req.n`` images. Raises Cancelled, OutOfMemory or GenerationError."""
+        """Generate ``req.n`` images. Raises Cancelled, OutOfMemory or GenerationError.
+        ``inputs_dir`` holds the request's input images (default: the configured one)."""
         with self._lock:
             t_start = time.monotonic()
             timings = Timings(marks={"start": t_start})
             timings.load_s = self._load_locked()
+            inputs = inputs_dir or self.edits.config.inputs_dir
             try:
-                return self._generate_locked(req, on_step, cancel, save_dir, file_prefix, timings)
+                return self._generate_locked(req, on_step, cancel, save_dir, file_prefix, timings,
+                                             inputs)
             except Cancelled:
                 raise
             except Exception as exc:
@@ -280,14 +296,16 @@ class Engine:
         save_dir: Path | None,
         file_prefix: str,
         timings: Timings,
+        inputs_dir: Path | None = None,
     ) -> GenerationResult:
         """The stages in order, each timed at its edges (``timings.marks``)."""
         shape = _shape(req)
         timings.first_of_shape = shape not in self._warm_shapes
         self._fault("start")
         embeds = self._encode(req, timings)  # 1
-        latents, run = self._denoise(req, embeds, on_step, cancel, timings)  # 2
-        images = self._decode_stage(req, latents, timings)  # 3
+        prepared = self._prepare_edit(req, inputs_dir, timings)  # 1b (editing only)
+        latents, run = self._denoise(req, embeds, on_step, cancel, timings, prepared)  # 2
+        images = self._decode_stage(req, latents, timings, prepared)  # 3
         paths = self._save(req, images, save_dir, file_prefix, timings)  # 4
         self._release(timings)  # 5
         self._finish_timings(timings, timings.marks)
@@ -308,6 +326,7 @@ class Engine:
                 "versions": self.versions(),
                 "options": self.options_summary(),
                 **run,
+                "edit": vars(modes.EditFacts.of(req, self.edits.adapters)),
             },
         )
 
@@ -332,6 +351,19 @@ class Engine:
         timings.marks["encode_end"] = self._sync()
         return cached
 
+    def _prepare_edit(
+        self, req: GenerationRequest, inputs_dir: Path | None, timings: Timings
+    ) -> modes.PreparedInputs:
+        """1b. Switch LoRA adapters and load the ControlNet once (``adapter_s``); read,
+        resize and mask the input images (``image_prep_s``). Nothing for plain txt2img."""
+        timings.adapter_s = self.edits.adapters.apply(self.pipe, req.loras)
+        if req.control_image is not None:  # the ControlNet's first load counts as a switch
+            timings.adapter_s += self.edits.controlnet(self.pipe)[1]
+        t0 = time.monotonic()
+        prepared = modes.prepare_inputs(req, inputs_dir)
+        timings.image_prep_s = time.monotonic() - t0
+        return prepared
+
     def _denoise(
         self,
         req: GenerationRequest,
@@ -339,6 +371,7 @@ class Engine:
         on_step: Callable[[StepProgress], None] | None,
         cancel: threading.Event | None,
         timings: Timings,
+        prepared: modes.PreparedInputs | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """2. Prepare and run the pipeline's own denoising loop, each step timed between the
         transformer's first entry and the step-end callback. Returns the latents and facts
@@ -351,6 +384,10 @@ class Engine:
         prompt_embeds, negative_embeds = embeds
         clock = StepClock(self.is_cuda)
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in req.image_seeds]
+        total = req.steps_run  # fewer than req.steps for an edit at strength < 1
+        controlnet = self.edits.controlnet(pipe)[0] if req.control_image is not None else None
+        mode_pipe = self.edits.pipeline(pipe, req, controlnet)
+        mode_kwargs = modes.call_kwargs(req, prepared or modes.PreparedInputs())
 
         def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             clock.end()
@@ -359,10 +396,10 @@ class Engine:
                 elapsed = time.monotonic() - t_start
                 step_s = clock.host_step_s()
                 avg = (time.monotonic() - (clock.first_start or t_start)) / clock.completed
-                remaining = (req.steps - clock.completed) * avg + step_s * 0.5
-                on_step(StepProgress(i + 1, req.steps, step_s, elapsed, max(0.0, remaining),
+                remaining = (total - clock.completed) * avg + step_s * 0.5
+                on_step(StepProgress(i + 1, total, step_s, elapsed, max(0.0, remaining),
                                      latents=kwargs.get("latents")))
-            if cancel is not None and cancel.is_set() and i + 1 < req.steps:
+            if cancel is not None and cancel.is_set() and i + 1 < total:
                 raise Cancelled(at_step=i + 1)
             clock.resume()
             return kwargs
@@ -372,11 +409,12 @@ class Engine:
         captions = list(prompt_embeds) + (list(negative_embeds) if req.uses_cfg else [])
         needs_mask = speed.needs_attention_mask([len(c) for c in captions])
         compiles = speed.CompileWatch()
+        vae_clock = modes.VaeEncodeClock(pipe.vae, self._sync)
         try:
-            with torch.inference_mode(), compiles, speed.mask_safe_attention(
+            with torch.inference_mode(), compiles, vae_clock, speed.mask_safe_attention(
                 pipe.transformer, backend, needs_mask=needs_mask
             ):
-                latents = pipe(
+                latents = mode_pipe(
                     prompt_embeds=list(prompt_embeds),
                     negative_prompt_embeds=list(negative_embeds) if req.uses_cfg else None,
                     height=req.height,
@@ -387,9 +425,11 @@ class Engine:
                     generator=generators,
                     output_type="latent",
                     callback_on_step_end=on_step_end,
+                    **mode_kwargs,
                 ).images
         finally:
             hook.remove()
+        timings.vae_encode_s = vae_clock.seconds
         marks["denoise_end"] = self._sync()
         marks["prepare_end"] = clock.first_start or marks["denoise_end"]
         timings.steps_s, timings.step_ends, timings.callbacks_s = clock.resolve(
@@ -402,14 +442,19 @@ class Engine:
             "attention_mask": needs_mask,
         }
 
-    def _decode_stage(self, req: GenerationRequest, latents: Any, timings: Timings) -> list[Any]:
-        """3. Decode the latents into images."""
+    def _decode_stage(
+        self, req: GenerationRequest, latents: Any, timings: Timings,
+        prepared: modes.PreparedInputs | None = None,
+    ) -> list[Any]:
+        """3. Decode the latents into images (an inpaint's kept pixels put back)."""
         import torch
 
         self._fault("decode")
         speed.vae_tiling_for(self.pipe.vae, self.options.vae_tiling, req.width, req.height)
         with torch.inference_mode():
             images = self._decode(latents)
+        if prepared is not None:
+            images = modes.finish_images(prepared, images)
         timings.marks["decode_end"] = self._sync()
         self._finish_timings(timings, timings.marks)  # provisional, for the PNG metadata
         return images
@@ -456,7 +501,8 @@ class Engine:
     @staticmethod
     def _finish_timings(t: Timings, m: dict[str, float]) -> None:
         t.encode_s = m["encode_end"] - m["start"] - t.load_s
-        t.prepare_s = max(0.0, m["prepare_end"] - m["encode_end"])
+        edit_s = t.adapter_s + t.image_prep_s + t.vae_encode_s  # inside the same interval
+        t.prepare_s = max(0.0, m["prepare_end"] - m["encode_end"] - edit_s)
         t.decode_s = m["decode_end"] - m["denoise_end"]
         last = m.get("end", m["decode_end"])
         t.save_s = m.get("save_end", m["decode_end"]) - m["decode_end"]
@@ -514,5 +560,5 @@ class Engine:
         return {**self.options.to_dict(), "applied": dict(self.applied)}
 
 
-def _shape(req: GenerationRequest) -> tuple[int, int, bool, int]:
-    return (req.width, req.height, req.uses_cfg, req.n)
+def _shape(req: GenerationRequest) -> tuple[int, int, bool, int, str, bool]:
+    return (req.width, req.height, req.uses_cfg, req.n, req.mode, req.control_image is not None)

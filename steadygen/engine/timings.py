@@ -21,6 +21,9 @@ class Timings:
     load_s: float = 0.0  # model load, when this job paid for it
     warmup_s: float = 0.0  # warm-up or compile paid inside this job
     encode_s: float = 0.0  # text encoder
+    adapter_s: float = 0.0  # loading and switching LoRA adapters (0 when unchanged)
+    image_prep_s: float = 0.0  # reading, resizing and masking the input images
+    vae_encode_s: float = 0.0  # VAE encode of the input / control images (inside the call)
     prepare_s: float = 0.0  # latents, timesteps: from the end of encoding to the first step
     steps_s: list[float] = field(default_factory=list)  # each denoising step
     decode_s: float = 0.0  # VAE decode and conversion to images
@@ -46,6 +49,9 @@ class Timings:
             self.load_s
             + self.warmup_s
             + self.encode_s
+            + self.adapter_s
+            + self.image_prep_s
+            + self.vae_encode_s
             + self.prepare_s
             + self.denoise_s
             + self.decode_s
@@ -62,6 +68,9 @@ class Timings:
             "load": self.load_s,
             "warmup": self.warmup_s,
             "encode": self.encode_s,
+            "adapter": self.adapter_s,
+            "image_prep": self.image_prep_s,
+            "vae_encode": self.vae_encode_s,
             "prepare": self.prepare_s,
             "steps": self.denoise_s,
             "decode": self.decode_s,

@@ -69,6 +69,29 @@ def _build_tokenizer():  # -> Qwen2Tokenizer
     return tok
 
 
+def build_tiny_transformer():  # -> diffusers.ZImageTransformer2DModel
+    """The tiny transformer alone (seed 1), also the base the tiny LoRA is shaped on."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    torch.manual_seed(1)
+    # head_dim = dim / n_heads = 64 / 2 = 32 = sum(axes_dims); cap_feat_dim = text hidden.
+    return ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=64,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        qk_norm=True,
+        cap_feat_dim=32,
+        axes_dims=[8, 12, 12],
+        axes_lens=[1024, 160, 160],  # > 512-token caption + 1; > 2048 / 16 image tokens
+    ).eval()
+
+
 def build_tiny_pipeline():  # -> diffusers.ZImagePipeline
     """Build the tiny pipeline in memory with fixed seeds."""
     import torch
@@ -76,7 +99,6 @@ def build_tiny_pipeline():  # -> diffusers.ZImagePipeline
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         ZImagePipeline,
-        ZImageTransformer2DModel,
     )
     from transformers import Qwen3Config, Qwen3Model
 
@@ -94,22 +116,7 @@ def build_tiny_pipeline():  # -> diffusers.ZImagePipeline
             max_position_embeddings=1024,
         )
     ).eval()
-    torch.manual_seed(1)
-    # head_dim = dim / n_heads = 64 / 2 = 32 = sum(axes_dims); cap_feat_dim = text hidden.
-    transformer = ZImageTransformer2DModel(
-        all_patch_size=(2,),
-        all_f_patch_size=(1,),
-        in_channels=16,
-        dim=64,
-        n_layers=2,
-        n_refiner_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
-        qk_norm=True,
-        cap_feat_dim=32,
-        axes_dims=[8, 12, 12],
-        axes_lens=[1024, 160, 160],  # > 512-token caption + 1; > 2048 / 16 image tokens
-    ).eval()
+    transformer = build_tiny_transformer()
     torch.manual_seed(2)
     # Four blocks, like the real FLUX VAE: 8x spatial, so sides must be multiples of 16.
     vae = AutoencoderKL(
