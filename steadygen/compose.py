@@ -14,6 +14,7 @@ log = logging.getLogger("steadygen.attribution")
 
 def build_engine(settings: Settings) -> Any:
     from steadygen.engine.engine import Engine
+    from steadygen.engine.modes import EditConfig
     from steadygen.engine.speed import EngineOptions
 
     options = EngineOptions(
@@ -24,12 +25,17 @@ def build_engine(settings: Settings) -> Any:
         prompt_cache_size=settings.prompt_cache_size,
         empty_cache_per_request=settings.empty_cache_per_request,
     )
-    return Engine.create(
+    engine = Engine.create(
         model=settings.model,
         device=settings.device,
         cache_dir=settings.cache_dir,
         options=options,
     )
+    engine.configure_edits(EditConfig(
+        inputs_dir=settings.inputs_dir, lora_dir=settings.lora_dir,
+        controlnet=settings.controlnet, lora_cache_size=settings.lora_cache_size,
+    ))
+    return engine
 
 
 def build_sampler(settings: Settings, device: str) -> Any:

@@ -38,9 +38,10 @@ class Limits:
     max_lora_weight: float = 2.0
     # Filled from the settings of the same names (Settings.__post_init__): what a request may
     # name is checked at validation, so a missing LoRA or ControlNet is a 400, not a failed job.
-    lora_dir: Path | None = field(default=None, compare=False)
+    # (text, not Path: the limits are served as JSON by /readyz)
+    lora_dir: str | None = field(default=None, compare=False)
     controlnet_enabled: bool = field(default=False, compare=False)
-    inputs_dir: Path | None = field(default=None, compare=False)
+    inputs_dir: str | None = field(default=None, compare=False)
 
 
 def _default_data_dir() -> Path:
@@ -100,8 +101,9 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
-        edits = {"lora_dir": self.lora_dir, "controlnet_enabled": self.controlnet is not None,
-                 "inputs_dir": self.inputs_dir}
+        edits = {"lora_dir": str(self.lora_dir) if self.lora_dir is not None else None,
+                 "controlnet_enabled": self.controlnet is not None,
+                 "inputs_dir": str(self.inputs_dir)}
         object.__setattr__(self, "limits", dataclasses.replace(self.limits, **edits))
 
     def with_overrides(self, **overrides: Any) -> Settings:

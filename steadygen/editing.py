@@ -79,7 +79,7 @@ def lora_fields(prompt: str | None) -> dict[str, Any]:
     return {"prompt": clean, "loras": loras}
 
 
-def available_loras(lora_dir: Path | None) -> list[str]:
+def available_loras(lora_dir: Path | str | None) -> list[str]:
     """The adapter names a server offers: ``*.safetensors`` stems in ``lora_dir``, sorted."""
     if lora_dir is None or not Path(lora_dir).is_dir():
         return []

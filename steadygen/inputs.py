@@ -204,7 +204,7 @@ def require_region(mask: Any, field: str) -> None:
         raise _bad(field, "marks no region to redo (every pixel is 'keep')")
 
 
-def check_ref(ref: Any, field: str, inputs_dir: Path | None) -> StoredInput:
+def check_ref(ref: Any, field: str, inputs_dir: Path | str | None) -> StoredInput:
     """A reference names a stored input: 64 hex digits, and the file is there."""
     if not isinstance(ref, str) or not REF_RE.match(ref):
         raise _bad(field, f"must be an input id (64 hex digits from POST /v1/inputs), got {ref!r}")

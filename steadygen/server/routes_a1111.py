@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from steadygen.editing import lora_fields
 from steadygen.engine.outputs import SAMPLER_NAME
 from steadygen.server.results import b64_images, require_success
 from steadygen.server.schemas import A1111Txt2Img, error_responses
@@ -34,6 +35,7 @@ def router(service: Service) -> APIRouter:
             "seed": None if body.seed == -1 else body.seed,  # A1111: -1 means random
             "n": body.batch_size * body.n_iter,
         }
+        raw.update(lora_fields(body.prompt))  # <lora:name:weight> in the prompt
         req = service.validate(raw)
         job = await asyncio.to_thread(queue.submit, req)
         job = await queue.wait(job.id)

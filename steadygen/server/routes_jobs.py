@@ -14,6 +14,7 @@ from sse_starlette import EventSourceResponse
 from steadygen.errors import FieldError, InvalidRequest
 from steadygen.queue.job import Job, JobEvent, JobState, parse_event_id
 from steadygen.request import parse_size
+from steadygen.server.routes_edits import store_json_inputs
 from steadygen.server.schemas import JobCreate, error_responses, stream_response
 from steadygen.server.service import Service
 
@@ -37,7 +38,7 @@ def event_payload(event: JobEvent) -> dict[str, Any]:
 
 
 def raw_from_body(body: JobCreate) -> dict[str, Any]:
-    raw = body.model_dump(exclude={"priority", "size"})
+    raw = body.model_dump(exclude={"priority", "size"}, exclude_none=True)
     if body.size is not None:
         if body.width is not None or body.height is not None:
             raise InvalidRequest([FieldError("size", "give either size or width and height")])
@@ -52,7 +53,8 @@ def router(service: Service) -> APIRouter:
     @api.post("/v1/jobs", status_code=202,
               responses=error_responses(400, 401, 413, 429, 503, 507))
     async def create_job(body: JobCreate) -> JSONResponse:
-        req = service.validate(raw_from_body(body))
+        raw = await asyncio.to_thread(store_json_inputs, raw_from_body(body), service.limits)
+        req = service.validate(raw)
         job = await asyncio.to_thread(queue.submit, req, body.priority)
         view = await asyncio.to_thread(job_view, service, job)
         return JSONResponse(

@@ -11,6 +11,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class LoraItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A name from GET /v1/loras.")
+    weight: float = 1.0
+
+
 class JobCreate(BaseModel):
     """POST /v1/jobs"""
 
@@ -27,6 +34,21 @@ class JobCreate(BaseModel):
     n: int | None = Field(None, description="Images, 1 to 4.")
     model: str | None = None
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
+    # editing: images are an input id (POST /v1/inputs) or base64 (a data URL too)
+    mode: Literal["txt2img", "img2img", "inpaint"] | None = Field(
+        None, description="Default: inpaint with a mask, img2img with an image, else txt2img.")
+    init_image: str | None = Field(None, description="The image to start from.")
+    mask: str | None = Field(None, description="Same size as init_image; white = redo.")
+    control_image: str | None = Field(None, description="Needs a configured ControlNet.")
+    strength: float | None = Field(None, description="0 < strength <= 1 (img2img 0.75).")
+    loras: list[LoraItem] | None = Field(None, description="Adapters from GET /v1/loras.")
+    control_scale: float | None = Field(None, description="0 to 2 (default 0.75).")
+    mask_blur: int | None = Field(None, description="Pixels of seam blending, 0 to 64.")
+    mask_invert: bool | None = None
+    inpaint_fill: Literal["original", "fill"] | None = None
+    inpaint_full_res: bool | None = Field(None, description="Redo only the mask's box.")
+    inpaint_full_res_padding: int | None = None
+    resize_mode: Literal["resize", "crop", "fill"] | None = None
 
 
 class OpenAIImageRequest(BaseModel):
@@ -70,6 +92,21 @@ class A1111Txt2Img(BaseModel):
     n_iter: int = 1
     sampler_name: str | None = None
     override_settings: dict[str, Any] | None = None
+
+
+class A1111Img2Img(A1111Txt2Img):
+    """POST /sdapi/v1/img2img: txt2img's fields plus the input images and inpaint options."""
+
+    init_images: list[str] = []
+    mask: str | None = None
+    denoising_strength: float = 0.75
+    mask_blur: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool | int = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: int = 0
+    resize_mode: int = 0
+    include_init_images: bool = False
 
 
 class ErrorBody(BaseModel):

@@ -63,20 +63,27 @@ class RequireKey:
         await self.app(scope, receive, send)
 
 
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, before they are read into memory."""
+# Routes whose bodies carry images get the larger upload limit.
+UPLOAD_PATHS = frozenset({"/v1/images/edits", "/sdapi/v1/img2img", "/v1/inputs", "/v1/jobs"})
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` (``upload_bytes`` on the routes that take
+    images) with 413, before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_bytes: int | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_bytes = max(upload_bytes or max_bytes, max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.upload_bytes if scope["path"] in UPLOAD_PATHS else self.max_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         if declared is not None:
             await self.app(scope, receive, send)
@@ -90,8 +97,8 @@ class BodyLimit:
                 return  # the client went away
             body = message.get("body", b"")
             seen += len(body)
-            if seen > self.max_bytes:
-                await self._refuse(scope, receive, send)
+            if seen > limit:
+                await self._refuse(scope, receive, send, limit)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -107,8 +114,8 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rule = f"request body is larger than {self.max_bytes} bytes"
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        rule = f"request body is larger than {limit} bytes"
         response = error_response(
             413, f"body: {rule}", param="body", code="too_large",
             errors=[{"field": "body", "message": rule}],
