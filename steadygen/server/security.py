@@ -63,8 +63,9 @@ class RequireKey:
         await self.app(scope, receive, send)
 
 
-# Routes whose bodies carry images get the larger upload limit.
-UPLOAD_PATHS = frozenset({"/v1/images/edits", "/sdapi/v1/img2img", "/v1/inputs", "/v1/jobs"})
+# Routes whose bodies carry images get the larger upload limit. /v1/jobs keeps the small
+# one: a native job names large images by the id POST /v1/inputs returned.
+UPLOAD_PATHS = frozenset({"/v1/images/edits", "/sdapi/v1/img2img", "/v1/inputs"})
 
 
 class BodyLimit:
