@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
 from steadygen.config import Limits
@@ -26,7 +27,7 @@ from steadygen.errors import FieldError, InvalidRequest
 from steadygen.inputs import REF_RE, decode_base64, store_image, store_mask
 from steadygen.request import GenerationRequest, parse_size
 from steadygen.server.results import b64_images, require_success
-from steadygen.server.schemas import A1111Img2Img, error_responses
+from steadygen.server.schemas import A1111Img2Img, error_responses, stream_response
 from steadygen.server.service import Service
 
 MAX_PART_BYTES = 256 * 1024 * 1024  # the body limit (security.BodyLimit) is the real bound
@@ -102,6 +103,15 @@ def router(service: Service) -> APIRouter:
         args = (None,) if kind == "mask" else ()
         stored = await asyncio.to_thread(store, data, "file", limits, _inputs_dir(limits), *args)
         return stored.to_dict()
+
+    @api.get("/v1/inputs/{ref}.png", response_class=FileResponse, responses={
+        **stream_response("image/png", "A stored input image (normalised PNG)."),
+        **error_responses(401, 404)})
+    async def input_image(ref: str) -> FileResponse:
+        path = _inputs_dir(limits) / f"{ref}.png"
+        if not REF_RE.match(ref) or not path.is_file():
+            raise HTTPException(404, f"ref: no stored input {ref}")
+        return FileResponse(path, media_type="image/png")
 
     @api.get("/v1/loras", responses=error_responses(401))
     async def loras() -> dict[str, Any]:

@@ -3,6 +3,7 @@
 
 import { api, ApiError, openStream } from "./api.js";
 import { $, $$, h, secs } from "./dom.js";
+import { editBody, initEdit } from "./edit.js";
 import { copyParams, diagnosisBlock, imagesGrid, jobTimes, paramsBody, phaseBar } from "./jobview.js";
 
 const SIDE = { min: 256, max: 2048, multiple: 16 };
@@ -11,6 +12,7 @@ const ACTIVE_STORE = "steadygen.activeJob";
 const LABELS = {
   prompt: "Prompt", negative_prompt: "Negative prompt", width: "Width", height: "Height",
   steps: "Steps", guidance: "Guidance", seed: "Seed", n: "Images",
+  init_image: "Image", mask: "Mask", strength: "Strength", loras: "LoRA", control_image: "Control image",
 };
 
 const form = () => $("#gen-form");
@@ -19,13 +21,13 @@ const narrow = () => window.matchMedia("(max-width: 860px)").matches; // one col
 
 /** Which control shows an error about this API field. */
 function controlFor(field) {
-  const base = String(field || "").split(".")[0];
+  const base = String(field || "").split(/[.[]/)[0];
   if (["width", "height", "size"].includes(base)) return "size";
   return base in LABELS ? base : "_form";
 }
 
 function errorText(field, message) {
-  const base = String(field || "").split(".")[0];
+  const base = String(field || "").split(/[.[]/)[0];
   const label = LABELS[base];
   let text = message;
   if (label && !message.toLowerCase().startsWith(base)) text = `${label} ${message}`;
@@ -161,8 +163,9 @@ async function submit() {
   const button = $("#generate");
   button.disabled = true;
   try {
+    Object.assign(body, await editBody()); // uploads the input images first
     const job = await api("/v1/jobs", { method: "POST", body });
-    const { seed, ...remembered } = body;
+    const { seed, init_image, mask, control_image, ...remembered } = body;
     localStorage.setItem(FORM_STORE, JSON.stringify({ ...remembered, seed: seed ?? null }));
     track(job);
   } catch (err) {
@@ -358,6 +361,7 @@ export async function initGenerate() {
     clearErrors("seed");
   });
   $("#cancel").addEventListener("click", cancel);
+  initEdit();
   document.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !$("#view-generate").hidden) {
       e.preventDefault();

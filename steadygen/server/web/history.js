@@ -2,6 +2,7 @@
 // time went, its per-step times, its diagnosis and parameters. While the view is open it
 // follows the telemetry stream's `job` events (one SSE stream, slow samples) to stay current.
 
+import { inputsBlock } from "./edit.js";
 import { api, openStream, showImage } from "./api.js";
 import { $, ago, h, secs } from "./dom.js";
 import { stepBars } from "./charts.js";
@@ -80,7 +81,8 @@ function detailView(job) {
   if (job.state === "running" && job.progress) {
     parts.push(h("p", {}, `Running: step ${job.progress.step} of ${job.progress.steps}.`));
   }
-  if (job.images.length) parts.push(imagesGrid(job.id, job.images));
+  const inputs = inputsBlock(r); // an edit: its input next to the output
+  if (job.images.length) parts.push(inputs ? h("div", { class: "in-out" }, inputs, imagesGrid(job.id, job.images)) : imagesGrid(job.id, job.images));
   parts.push(h("h3", {}, "Where the time went"),
     h("p", { class: "totals" },
       h("span", {}, h("strong", {}, secs(total)), " total"),
