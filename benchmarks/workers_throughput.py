@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from steadygen.queue.job import Job, JobState
-from steadygen.queue.redis_queue import RedisQueue
+from steadygen.queue.redis.queue import RedisQueue
 from steadygen.request import GenerationRequest
 
 STREAMS = {1: "bench:solo", 2: "bench:duo"}  # workers -> the stream they consume
