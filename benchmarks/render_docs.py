@@ -248,7 +248,11 @@ def ab(report: dict[str, Any]) -> str:
     out += (f"\np99: A - B = {diffs['p99']['value']:+.2f} s [{diffs['p99']['low']:.2f}, "
             f"{diffs['p99']['high']:.2f}]. Medians: "
             + "; ".join(f"{name} queue wait {c['queue_wait']['p50']:.3f} s, service "
-                        f"{c['service']['p50']:.3f} s" for name, c in cfg.items()) + ".\n")
+                        f"{c['service']['p50']:.3f} s" for name, c in cfg.items()) + ".")
+    out += " Main cause named per run: " + "; ".join(
+        f"{name} " + ", ".join(f"{cause} {n}" for cause, n in sorted(
+            c["attribution"]["main_cause_counts"].items(), key=lambda kv: (-kv[1], kv[0])))
+        for name, c in cfg.items()) + ".\n"
     if meta["plan"].get("interfere"):
         out += "\nClean against interfered means: " + ", ".join(
             f"{name} {c['clean']['mean']:.3f} s against {c['interfered']['mean']:.3f} s"
