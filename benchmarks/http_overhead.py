@@ -19,7 +19,7 @@ process share the machine's cores and take turns, so neither generates while the
 the server, the queue, and the rest. Both sides use one torch thread by default
 (``--threads``). Target: overhead at most 3 % or 10 ms, whichever is larger.
 
-    python benchmarks/http_overhead.py --pairs 20 --json docs/figures/http_overhead.json
+    python benchmarks/http_overhead.py --pairs 40 --json docs/figures/http_overhead.json
 
 ``ServerProcess`` and ``follow_job`` here are shared with concurrency.py and eta_accuracy.py.
 """
