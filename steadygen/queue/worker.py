@@ -55,10 +55,19 @@ PERMANENT = (InvalidRequest, ConfigError, ModelError, OutOfMemory)
 
 
 def classify_failure(exc: BaseException) -> tuple[str, bool]:
-    """(the message the job records, whether another attempt may succeed)."""
+    """(the message the job records, whether another attempt may succeed).
+
+    Failures of the job itself are final: bad input found late, a request too large for the
+    card, images that cannot be written to the data directory (every worker shares it).
+    Anything else (a generation error, a bug) may be this worker's: the job goes back to
+    the queue while attempts remain."""
+    causes = [exc]
+    while causes[-1].__cause__ is not None and len(causes) < 8:
+        causes.append(causes[-1].__cause__)
+    final = isinstance(exc, PERMANENT) or any(isinstance(c, StorageError) for c in causes)
     if isinstance(exc, SteadygenError):
-        return str(exc), not isinstance(exc, PERMANENT)
-    return f"internal error: {type(exc).__name__}: {exc}", True
+        return str(exc), not final
+    return f"internal error: {type(exc).__name__}: {exc}", not final
 
 
 class Lease(threading.Thread):

@@ -377,3 +377,21 @@ def test_a_stopping_worker_hands_its_job_back(backend: Harness, make_req: Any) -
     assert back.attempts == 0  # handing back is not an attempt
     assert kinds(queue, job.id)[-1] == "requeued"
     assert "cancelled" not in kinds(queue, job.id)
+
+
+def test_failures_of_the_job_itself_are_final_and_others_are_retried() -> None:
+    from steadygen.errors import InvalidRequest, OutOfMemory, StorageError
+    from steadygen.queue.worker import classify_failure
+
+    def wrapped(cause: Exception) -> GenerationError:
+        try:
+            raise GenerationError(f"generation failed: {cause}") from cause
+        except GenerationError as exc:
+            return exc
+
+    assert classify_failure(OutOfMemory("out of memory")) == ("out of memory", False)
+    assert classify_failure(InvalidRequest([]))[1] is False
+    assert classify_failure(wrapped(StorageError("cannot write x.png")))[1] is False
+    assert classify_failure(GenerationError("generation failed: CUDA error")) == (
+        "generation failed: CUDA error", True)
+    assert classify_failure(KeyError("k")) == ("internal error: KeyError: 'k'", True)
