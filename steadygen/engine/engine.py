@@ -264,7 +264,7 @@ class Engine:
     ) -> GenerationResult:
         """Generate ``req.n`` images. Raises Cancelled, OutOfMemory or GenerationError.
         ``inputs_dir`` holds the request's input images (default: the configured one)."""
-        with self._lock:
+        with self._lock, self.edits.exclusive():  # LoRAs on shared weights: one job at once
             t_start = time.monotonic()
             timings = Timings(marks={"start": t_start})
             timings.load_s = self._load_locked()

@@ -38,6 +38,8 @@ class AdapterCache:
         self._loaded: OrderedDict[str, str] = OrderedDict()  # name -> adapter id, LRU first
         self._active: tuple[LoraSpec, ...] | None = ()  # None: unknown, set it again
         self.lock = threading.Lock()  # engines forked on the same weights share this cache
+        self.shared = False  # set when a second engine shares the weights (Engine.fork)
+        self.run_lock = threading.Lock()  # then one generation at a time (EditState.exclusive)
         self.loads = 0  # files read so far (tests and the page's "cached" mark)
 
     @property

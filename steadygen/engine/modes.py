@@ -10,6 +10,7 @@ seam). ``VaeEncodeClock`` times the VAE encoder inside the pipeline call.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -59,7 +60,16 @@ class EditState:
     def fork(self) -> EditState:
         """For an engine forked on the same weights: the same adapters and ControlNet, its
         own pipelines (each engine has its own scheduler)."""
+        self.adapters.shared = True
         return EditState(self.config, self.adapters, self._controlnet)
+
+    def exclusive(self) -> Any:
+        """Adapters live in the transformer every fork shares: with a LoRA folder and more
+        than one engine on the weights, generations take turns (a switch mid-run would
+        change another job's image)."""
+        if self.adapters.shared and self.config.lora_dir is not None:
+            return self.adapters.run_lock
+        return contextlib.nullcontext()
 
     @property
     def has_controlnet(self) -> bool:

@@ -243,3 +243,33 @@ def test_a_missing_input_file_is_a_generation_error(
     req = make_req(mode="img2img", init_image="0" * 64, strength=0.5)
     with pytest.raises(GenerationError, match="missing"):
         edit_engine.generate(req, inputs_dir=tmp_path)
+
+
+def test_forked_engines_with_loras_take_turns(edit_engine: Engine, make_req: Any) -> None:
+    """Adapters live in the transformer two forks share: their generations never overlap
+    (a switch in one would change the other's image mid-run)."""
+    import threading
+
+    twin = edit_engine.fork()
+    events: list[tuple[str, str]] = []
+
+    def hook(name: str) -> Any:
+        def record(where: str) -> None:
+            if where in ("start", "save"):
+                events.append((name, where))
+        return record
+
+    edit_engine.fault_hook, twin.fault_hook = hook("a"), hook("b")
+    try:
+        jobs = [threading.Thread(target=e.generate, args=(make_req(
+            steps=3, loras=(LoraSpec(name, 1.0),)),))
+            for e, name in ((edit_engine, "tiny-style"), (twin, "tiny-character"))]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(120)
+    finally:
+        edit_engine.fault_hook = twin.fault_hook = None
+    assert len(events) == 4
+    assert events[0][0] == events[1][0] and events[2][0] == events[3][0]  # one, then the other
+    assert [w for _, w in events] == ["start", "save", "start", "save"]
