@@ -63,9 +63,10 @@ class SQLiteQueue(QueueBase):
         self._submit_lock = threading.Lock()  # the depth check and the insert, together
         self._times = ServiceTimes()
         for job in store.recent_succeeded(history):
-            service = (job.result or {}).get("service_s")
-            if service is not None:
-                self._times.observe(job.request, service)
+            result = job.result or {}
+            if result.get("service_s") is not None:
+                cold = bool((result.get("timings") or {}).get("first_of_shape"))
+                self._times.observe(job.request, result["service_s"], cold)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -243,8 +244,9 @@ class SQLiteQueue(QueueBase):
                 self._wake.notify()
         return done
 
-    def observe_service(self, req: GenerationRequest, service_s: float) -> None:
-        self._times.observe(req, service_s)
+    def observe_service(self, req: GenerationRequest, service_s: float,
+                        cold: bool = False) -> None:
+        self._times.observe(req, service_s, cold)
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
