@@ -49,13 +49,22 @@ class ServiceTimes:
     def __init__(self, table: Mapping[str, Iterable[float]] | None = None):
         self.table: dict[str, list[float]] = {k: list(v)[-WINDOW:] for k, v in
                                               (table or {}).items()}
+        self._cold: set[str] = set()  # labels known only from a first (cold) run
 
-    def observe(self, req: GenerationRequest, service_s: float) -> list[float]:
-        """Add one job's service time; returns the label's updated list."""
-        values = self.table.setdefault(shape_label(req), [])
+    def observe(self, req: GenerationRequest, service_s: float, cold: bool = False) -> None:
+        """Add one job's service time. A cold run (the first of its shape in a process:
+        compile, plan building) counts only until a warm one is known."""
+        label = shape_label(req)
+        values = self.table.setdefault(label, [])
+        if cold and values:
+            return
+        if not cold and label in self._cold:
+            values.clear()
+            self._cold.discard(label)
+        if cold:
+            self._cold.add(label)
         values.append(round(float(service_s), 4))
         del values[:-WINDOW]
-        return values
 
     def expected_s(self, req: GenerationRequest) -> float:
         label = shape_label(req)

@@ -216,7 +216,8 @@ class JobWorker:
         brief = {"result": brief_result(claim.job.id, record)}
         if self._end(claim, JobState.SUCCEEDED, brief, result=record):
             try:
-                self.queue.observe_service(claim.job.request, record["service_s"])
+                cold = bool(record["timings"].get("first_of_shape"))
+                self.queue.observe_service(claim.job.request, record["service_s"], cold)
             except TRANSIENT as exc:  # ETAs only
                 log.debug("service time not recorded: %s", exc)
         else:  # a duplicate: another attempt finished first; its images are the job's
@@ -232,7 +233,7 @@ class JobWorker:
             log.warning("job %s stopped by the shutdown at step %d; it runs again later",
                         claim.job.id, at_step)
             self._durably(lambda: self.queue.retry(claim, "", handing_back=True), claim,
-                          "hand back")
+                          "record the hand-back")
             return
         self._end(claim, JobState.CANCELLED, {"at_step": at_step})
 
@@ -243,7 +244,7 @@ class JobWorker:
         if retryable and claim.attempt < self.queue.max_attempts:
             log.warning("job %s: attempt %d of %d failed: %s; it goes back in the queue",
                         job.id, claim.attempt, self.queue.max_attempts, message)
-            self._durably(lambda: self.queue.retry(claim, message), claim, "requeue")
+            self._durably(lambda: self.queue.retry(claim, message), claim, "record the retry")
             return
         if retryable and claim.attempt > 1:
             message = (f"dead letter: failed on all {claim.attempt} attempts; last error: "
@@ -277,11 +278,11 @@ class JobWorker:
                 return write()
             except TRANSIENT as exc:
                 delay = backoff.next_s()
-                log.error("job %s: cannot %s yet (attempt %d): %s; retrying in %.1f s",
-                          claim.job.id, what, backoff.failures, exc, delay)
+                log.error("cannot %s of job %s yet (attempt %d): %s; retrying in %.1f s",
+                          what, claim.job.id, backoff.failures, exc, delay)
             if self.stopping.wait(delay):
-                log.warning("job %s: could not %s before stopping; it runs again later",
-                            claim.job.id, what)
+                log.warning("could not %s of job %s before stopping; it runs again later",
+                            what, claim.job.id)
                 return None
 
 

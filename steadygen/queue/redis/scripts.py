@@ -222,15 +222,21 @@ publish(p, id, ARGV[3], ARGV[4], nil)
 return 1
 """
 
-# ARGV: prefix, shape label, service seconds, window: the label's recent service times
+# ARGV: prefix, shape label, service seconds, window, cold: the label's recent service
+# times (as queue/eta.py's ServiceTimes.observe: a cold run counts only until a warm one)
 SERVICE = """
-local key = ARGV[1] .. 'service_s'
-local raw = redis.call('HGET', key, ARGV[2])
+local key, label = ARGV[1] .. 'service_s', ARGV[2]
+local marker = label .. '|cold'
+local raw = redis.call('HGET', key, label)
 local values = {}
 if raw and string.sub(raw, 1, 1) == '[' then values = cjson.decode(raw) end
+local cold = ARGV[5] == '1'
+if cold and #values > 0 then return #values end
+if not cold and redis.call('HDEL', key, marker) == 1 then values = {} end
+if cold then redis.call('HSET', key, marker, 1) end
 table.insert(values, tonumber(ARGV[3]))
 while #values > tonumber(ARGV[4]) do table.remove(values, 1) end
-redis.call('HSET', key, ARGV[2], cjson.encode(values))
+redis.call('HSET', key, label, cjson.encode(values))
 return #values
 """
 

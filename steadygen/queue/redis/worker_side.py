@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from steadygen.queue.contract import Claim, LeaseState
-from steadygen.queue.eta import shape_label
+from steadygen.queue.eta import WINDOW, shape_label
 from steadygen.queue.job import JobState
 from steadygen.queue.redis.connection import HISTORY_TTL_S, RedisStreams, job_from_hash
 from steadygen.request import GenerationRequest
@@ -134,10 +134,12 @@ class WorkerSide:
             "requeue a job", attempts=1)
         return bool(done)
 
-    def observe_service(self, req: GenerationRequest, service_s: float) -> None:
+    def observe_service(self, req: GenerationRequest, service_s: float,
+                        cold: bool = False) -> None:
         """Add a job's service time to its shape's recent list (for every process's ETAs)."""
         self.conn.run_script("service", [self.conn.prefix, shape_label(req),
-                                         f"{service_s:.4f}", 20], "record a service time")
+                                         f"{service_s:.4f}", WINDOW, int(cold)],
+                             "record a service time")
 
     def hello(self, consumer: str, info: dict[str, Any]) -> None:
         """Say this worker is alive (and what it serves) to the API processes."""

@@ -63,9 +63,10 @@ class SQLiteQueue(QueueBase):
         self._submit_lock = threading.Lock()  # the depth check and the insert, together
         self._times = ServiceTimes()
         for job in store.recent_succeeded(history):
-            service = (job.result or {}).get("service_s")
-            if service is not None:
-                self._times.observe(job.request, service)
+            result = job.result or {}
+            if result.get("service_s") is not None:
+                cold = bool((result.get("timings") or {}).get("first_of_shape"))
+                self._times.observe(job.request, result["service_s"], cold)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -187,13 +188,14 @@ class SQLiteQueue(QueueBase):
                 if not self._stopping:
                     self._wake.wait(timeout=block_s)
             return None
+        started = self.store.started_event(job.id) or JobEvent(
+            job.id, job.attempts, 0, "started", {"attempt": job.attempts, "worker": worker})
         with self._lock:
-            self._counters[job.id] = [job.attempts, 1]  # (attempt, 0) is 'started'
+            self._counters[job.id] = [started.attempt, started.n + 1]
             self._progress[job.id] = Progress(job.id, 0, job.request.steps)
             if job.cancel_requested:
                 self._cancels.add(job.id)
-        self.hub.publish(JobEvent(job.id, job.attempts, 0, "started",
-                                  {"attempt": job.attempts, "worker": worker}))
+        self.hub.publish(started)
         return Claim(job=job, attempt=job.attempts, worker=worker)
 
     def heartbeat(self, claim: Claim) -> LeaseState:
@@ -243,8 +245,9 @@ class SQLiteQueue(QueueBase):
                 self._wake.notify()
         return done
 
-    def observe_service(self, req: GenerationRequest, service_s: float) -> None:
-        self._times.observe(req, service_s)
+    def observe_service(self, req: GenerationRequest, service_s: float,
+                        cold: bool = False) -> None:
+        self._times.observe(req, service_s, cold)
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
