@@ -88,7 +88,9 @@ class GenerationRequest:
         return f"{self.width}x{self.height}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["loras"] = list(out["loras"])  # as JSON has it: a list of {name, weight}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationRequest:
