@@ -22,12 +22,14 @@ SAMPLER_NAME = "FlowMatch Euler"
 
 def a1111_parameters(req: GenerationRequest, model: str, seed: int) -> str:
     """The text A1111 writes: prompt, 'Negative prompt:' line, then 'Key: value' pairs."""
-    lines = [req.prompt]
+    tags = "".join(f" <lora:{s.name}:{s.weight:g}>" for s in req.loras)  # as A1111 keeps them
+    lines = [req.prompt + tags]
     if req.negative_prompt:
         lines.append(f"Negative prompt: {req.negative_prompt}")
+    edit = f", Denoising strength: {req.strength:g}" if req.mode != "txt2img" else ""
     lines.append(
         f"Steps: {req.steps}, Sampler: {SAMPLER_NAME}, CFG scale: {req.guidance:g}, "
-        f"Seed: {seed}, Size: {req.width}x{req.height}, Model: {model}"
+        f"Seed: {seed}, Size: {req.width}x{req.height}, Model: {model}{edit}"
     )
     return "\n".join(lines)
 

@@ -273,3 +273,18 @@ def test_forked_engines_with_loras_take_turns(edit_engine: Engine, make_req: Any
     assert len(events) == 4
     assert events[0][0] == events[1][0] and events[2][0] == events[3][0]  # one, then the other
     assert [w for _, w in events] == ["start", "save", "start", "save"]
+
+
+def test_png_parameters_carry_the_strength_and_lora_tags(
+    edit_engine: Engine, make_req: Any, inputs_dir: Path, tmp_path: Path
+) -> None:
+    from steadygen.editing import split_lora_tags
+    from steadygen.engine.outputs import read_png_metadata
+
+    req = make_req(mode="img2img", init_image=stored(inputs_dir, gradient()), strength=0.5,
+                   steps=2, loras=(LoraSpec("tiny-style", 0.7),))
+    [path] = edit_engine.generate(req, save_dir=tmp_path).paths
+    text = read_png_metadata(path)["parameters"]
+    first, *_ = text.split("\n")
+    assert split_lora_tags(first) == (req.prompt, [{"name": "tiny-style", "weight": "0.7"}])
+    assert text.endswith("Denoising strength: 0.5")
