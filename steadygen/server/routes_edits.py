@@ -36,6 +36,29 @@ A1111_RESIZE = {0: "resize", 1: "crop", 2: "fill"}
 EDIT_ERRORS = error_responses(400, 401, 409, 413, 429, 500, 503, 507)
 
 
+def _multipart(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its multipart form itself."""
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"requestBody": {"required": True,
+                            "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+_FILE = {"type": "string", "format": "binary"}
+EDITS_FORM = _multipart({
+    "image": {"oneOf": [_FILE, {"type": "array", "items": _FILE}],
+              "description": "One or more images (PNG, JPEG, WebP); one job each."},
+    "mask": {**_FILE, "description": "PNG with alpha, the first image's size; "
+                                     "transparent = redo."},
+    "prompt": {"type": "string"}, "n": {"type": "integer"},
+    "size": {"type": "string", "description": "WIDTHxHEIGHT or auto (the image's)"},
+    "response_format": {"type": "string", "enum": ["b64_json", "url"]},
+    "model": {"type": "string"}, "steps": {"type": "integer"}, "seed": {"type": "integer"},
+    "guidance": {"type": "number"}, "strength": {"type": "number"},
+    "negative_prompt": {"type": "string"},
+}, ["image", "prompt"])
+INPUTS_FORM = _multipart({"file": _FILE}, ["file"])
+
+
 def _bad(field: str, message: str) -> InvalidRequest:
     return InvalidRequest([FieldError(field, message)])
 
@@ -86,7 +109,8 @@ def router(service: Service) -> APIRouter:
     api = APIRouter(tags=["editing"])
     limits = service.limits
 
-    @api.post("/v1/inputs", status_code=201, responses=error_responses(400, 401, 413, 507))
+    @api.post("/v1/inputs", status_code=201, openapi_extra=INPUTS_FORM,
+              responses=error_responses(400, 401, 413, 507))
     async def upload_input(
         request: Request,
         kind: str = Query("image", description="image, or mask (white = redo)"),
@@ -128,7 +152,8 @@ def router(service: Service) -> APIRouter:
         return [{"name": n, "alias": n, "path": f"{root}/{n}.safetensors" if root else "",
                  "metadata": {}} for n in names]
 
-    @api.post("/v1/images/edits", tags=["openai"], responses=EDIT_ERRORS)
+    @api.post("/v1/images/edits", tags=["openai"], openapi_extra=EDITS_FORM,
+              responses=EDIT_ERRORS)
     async def openai_edits(request: Request) -> dict[str, Any]:
         form = await request.form(max_part_size=MAX_PART_BYTES)
         raw, images, mask = _openai_fields(form, limits)

@@ -25,7 +25,7 @@ def router(service: Service) -> APIRouter:
     async def readyz() -> JSONResponse:
         state = service.state()
         body = {"ready": state.ready, "model": service.model_name, "device": service.device,
-                "default_side": service.default_side, "limits": asdict(service.limits),
+                "default_side": service.default_side, "limits": public_limits(service.limits),
                 **state.to_dict()}
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
@@ -37,3 +37,8 @@ def router(service: Service) -> APIRouter:
         return Response(body, media_type=CONTENT_TYPE)
 
     return api
+
+
+def public_limits(limits: Any) -> dict[str, Any]:
+    """The validation bounds, without the server's own paths (this route has no key)."""
+    return {k: v for k, v in asdict(limits).items() if k not in ("lora_dir", "inputs_dir")}

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -148,6 +149,9 @@ def test_lora_lists(edits: ServerProc) -> None:
     assert native["controlnet"] is True
     a1111 = edits.request("GET", "/sdapi/v1/loras").json()
     assert [x["name"] for x in a1111] == ["tiny-character", "tiny-style"]
+    limits = httpx.get(edits.base_url + "/readyz").json()["limits"]  # no key needed there
+    assert limits["max_loras"] == 4 and limits["controlnet_enabled"] is True
+    assert "lora_dir" not in limits and "inputs_dir" not in limits  # no server paths
 
 
 def test_native_upload_then_job_with_sse_and_control(edits: ServerProc) -> None:
