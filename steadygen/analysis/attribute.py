@@ -37,6 +37,7 @@ from steadygen.analysis.baseline import (
     wait_per_cpu,
 )
 from steadygen.engine.timings import Timings
+from steadygen.telemetry.window import in_window
 
 QUEUE = "queue_wait"
 COLD = "cold_start"
@@ -362,10 +363,12 @@ def _foreign_cause(
 
 
 def _mean_in(series: list[tuple[float, float]], a: float, b: float) -> float | None:
-    inside = [v for t, v in series if a <= t <= b]
+    """The mean over ``[a, b)`` (the edge rule of ``in_window``); for a step shorter than
+    the sampling period, the latest value before its end."""
+    inside = [v for t, v in series if in_window(t, a, b)]
     if inside:
         return sum(inside) / len(inside)
-    before = [v for t, v in series if t <= b]  # a step shorter than the sampling period
+    before = [v for t, v in series if t < b]
     return before[-1] if before else None
 
 

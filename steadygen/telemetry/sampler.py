@@ -27,7 +27,7 @@ from steadygen.telemetry.counters import EdgeCounters, GpuCounters
 from steadygen.telemetry.host import HostBackend
 from steadygen.telemetry.nvml import GpuStaticInfo
 from steadygen.telemetry.sample import GpuProcess, GpuReading, Sample, TelemetryUnavailable
-from steadygen.telemetry.window import TelemetryWindow, merge_processes
+from steadygen.telemetry.window import TelemetryWindow, in_window, merge_processes
 
 log = logging.getLogger("steadygen.telemetry")
 
@@ -117,6 +117,9 @@ class Sampler:
         self._clock = clock
         self._ring: deque[Sample] = deque(maxlen=ring_size)
         self._lock = threading.Lock()
+        # Held while one sample is read and recorded: a job's end edge waits for a tick
+        # that began before it, so that sample is in the ring when the window is cut.
+        self._tick_lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -204,16 +207,17 @@ class Sampler:
 
     def tick(self) -> Sample | None:
         """Read one sample into the ring (the thread calls this; tests may too)."""
-        try:
-            sample = self.read_sample()
-        except Exception as exc:  # the thread must not die on a reading
-            self._errors += 1
-            key = type(exc).__name__
-            if key not in self._errors_logged:
-                self._errors_logged.add(key)
-                log.exception("telemetry sample failed (logged once per error type)")
-            return None
-        self.record(sample)
+        with self._tick_lock:
+            try:
+                sample = self.read_sample()
+            except Exception as exc:  # the thread must not die on a reading
+                self._errors += 1
+                key = type(exc).__name__
+                if key not in self._errors_logged:
+                    self._errors_logged.add(key)
+                    log.exception("telemetry sample failed (logged once per error type)")
+                return None
+            self.record(sample)
         return sample
 
     def read_sample(self, scan_host: bool | None = None) -> Sample:
@@ -267,9 +271,9 @@ class Sampler:
         return [] if sample is None else sample.gauges(self._last_processes)
 
     def samples_between(self, t0: float, t1: float) -> list[Sample]:
-        """Samples with ``t0 <= t_mono <= t1``, oldest first."""
+        """Samples with ``t0 <= t_mono < t1`` (the edge rule of ``in_window``), oldest first."""
         with self._lock:
-            return [s for s in self._ring if t0 <= s.t_mono <= t1]
+            return [s for s in self._ring if in_window(s.t_mono, t0, t1)]
 
     def static_info(self) -> list[GpuStaticInfo]:
         return [] if self.gpu is None else self.gpu.static_info()
@@ -303,6 +307,8 @@ class Sampler:
 
     def end_job(self, mark: JobMark) -> TelemetryWindow:
         counters = self.read_counters()
+        with self._tick_lock:  # a tick stamped before the edge is recorded before the cut
+            pass
         processes = self._edge_processes()
         samples = self.samples_between(mark.t_start, counters.t_mono)
         seen = merge_processes([mark.processes, processes, *(s.processes for s in samples)])
