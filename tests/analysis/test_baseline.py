@@ -13,7 +13,8 @@ from steadygen.analysis.baseline import (
     Baselines,
     Expectation,
     ShapeKey,
-    cpu_wait_threshold,
+    calibrate,
+    cpu_calibration,
     robust_sigma,
 )
 
@@ -77,8 +78,26 @@ def test_signals_are_medians_with_a_robust_spread() -> None:
     # waits per CPU second: 0.1, 0.2, 0.3, 5.0, 0.1 -> median 0.2, MAD 0.1
     assert exp.signals[WAIT_PER_CPU] == pytest.approx(0.2)
     assert exp.spread[WAIT_PER_CPU] == pytest.approx(0.14826)
-    assert cpu_wait_threshold(exp) == pytest.approx(0.2 + 4 * 0.14826)
+    cal = cpu_calibration(exp)
+    assert cal is not None and cal.calibrated and cal.runs == 5
+    # the one 5.0 run is left out of the 90th percentile: the spread sets the bar
+    assert cal.upper == pytest.approx(0.3)
+    assert cal.limit == pytest.approx(0.2 + 4 * 0.14826)
     assert exp.to_dict()["spread"] == exp.spread
+
+
+def test_the_calibration_follows_each_machines_own_clean_runs() -> None:
+    """The bar is set by the machine, not by constants: a quiet workstation's clean runs
+    (a few ms per CPU second) and a shared VM's (a third of a second, spread wide) give
+    bars an order of magnitude apart, each past its own clean runs."""
+    quiet = [0.004, 0.005, 0.006, 0.005, 0.004, 0.005, 0.006, 0.005, 0.005, 0.004]
+    shared = [0.2, 0.35, 0.5, 0.3, 0.6, 0.25, 0.4, 0.3, 0.45, 0.35]
+    q, s = calibrate(quiet), calibrate(shared)
+    assert q.limit < 0.02 < 0.5 < s.limit
+    assert all(v <= q.limit for v in quiet) and all(v <= s.limit for v in shared)
+    assert q.limit == pytest.approx(0.005 + 4 * 1.4826 * 0.0005)
+    assert "calibrated on 10 clean runs" in s.describe() and "contended past" in s.describe()
+    assert not calibrate(shared[:4]).calibrated  # too few runs to know what usual is
 
 
 def test_robust_sigma() -> None:
