@@ -26,6 +26,7 @@ from steadygen.telemetry.alerts import Alerts
 from steadygen.telemetry.counters import EdgeCounters, GpuCounters
 from steadygen.telemetry.host import HostBackend
 from steadygen.telemetry.nvml import GpuStaticInfo
+from steadygen.telemetry.ownership import OwnGpuBytes, OwnProcessMatcher
 from steadygen.telemetry.sample import GpuProcess, GpuReading, Sample, TelemetryUnavailable
 from steadygen.telemetry.window import TelemetryWindow, in_window, merge_processes
 
@@ -90,6 +91,9 @@ class Sampler:
 
     ``interval_s=0``: no thread; ``begin_job``/``end_job`` still give counter deltas.
     ``own_pids``: GPU processes counted as ours (default: this process).
+    ``own_gpu_bytes``: GPU index -> our allocator's reserved bytes; identifies our GPU
+    process where NVML's pids are not ours (a container without the host's pid namespace;
+    see ``ownership.py``).
     ``process_every_s``: GPU process lists and the foreign-CPU scan, at most this often.
     ``gpu_backend``/``host_backend``/``clock``: injected by tests and benchmarks.
     """
@@ -107,11 +111,13 @@ class Sampler:
         gpu_backend: GpuBackend | None = None,
         host_backend: HostBackend | None = None,
         clock: Callable[[], float] = time.monotonic,
+        own_gpu_bytes: OwnGpuBytes | None = None,
     ):
         if interval_s < 0:
             raise ValueError(f"interval_s must be 0 (off) or positive (got {interval_s})")
         self.interval_s = interval_s
         self.own_pids = {os.getpid()} if own_pids is None else set(own_pids)
+        self._owner = OwnProcessMatcher(self.own_pids, own_gpu_bytes)
         self.process_every_s = process_every_s
         self.alerts = alerts
         self._clock = clock
@@ -238,7 +244,7 @@ class Sampler:
     def _read_processes(self) -> list[GpuProcess] | None:
         if self.gpu is None:
             return None
-        procs = self.gpu.read_processes(self.own_pids)
+        procs = self._owner.mark(self.gpu.read_processes(self.own_pids))
         self._last_processes = procs
         return procs
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -46,18 +46,20 @@ def foreign_pid() -> Iterator[int]:
 
 def replay(nv: FakeNvml, *, clock_ratio: float, reason: int, throttle: str | None,
            foreign: FakeProcess | None, steps: list[float] | None = None,
-           ratios: list[float] | None = None, decode: float = 0.1,
+           ratios: list[float] | None = None, decode: float = 0.1, ours_pid: int | None = None,
+           own_gpu_bytes: Callable[[int], int | None] | None = None,
            ) -> tuple[Timings, TelemetryWindow]:
     """One job's trace: the device's state changes when the job starts, the sampler ticks
     every 50 ms on a fake clock, and the throttle counter runs while the reason holds.
     ``ratios`` gives each step its own SM clock (a drop between steps); ``steps`` the step
     times, which need not follow the clock (memory-bound steps do not)."""
     dev = nv.devices[0]
-    dev.add_process(FakeProcess(pid=os.getpid(), used_bytes=20 << 30, sm_util=60))  # ours
+    dev.add_process(FakeProcess(pid=ours_pid or os.getpid(), used_bytes=20 << 30,
+                                sm_util=60))  # ours
     clock = FakeClock(t=99.8)
     host = ScriptedHost()
     sampler = Sampler(interval_s=0, gpu_backend=NvmlBackend([0]), host_backend=host,  # type: ignore[arg-type]
-                      clock=clock, process_every_s=0.5)
+                      clock=clock, process_every_s=0.5, own_gpu_bytes=own_gpu_bytes)
     t = timings(steps or [STEP_S] * 8, t0=100.0, decode=decode)
     per_step = ratios or [clock_ratio] * len(t.steps_s)
     for _ in range(4):  # before the job: at full clock
@@ -258,3 +260,19 @@ def test_without_per_process_utilisation_the_step_excess_bounds_a_foreign_proces
     assert foreign.details["gpu_share"] is None
     assert "per-process utilisation not available" in foreign.evidence
     assert foreign.seconds == pytest.approx(0.8)
+
+
+def test_in_a_container_our_own_process_is_not_blamed_as_foreign(nvml: FakeNvml) -> None:
+    # NVML reports our process under the host's pid. Matched by our allocator's 19.5 GiB
+    # reserved (NVML counts 20 GiB: the context on top), it is ours, not a foreign one.
+    host_pid = 3_170_001
+    reserved = (39 << 29)  # 19.5 GiB
+    t, window = replay(nvml, clock_ratio=1.0, reason=0, throttle=None, foreign=None,
+                       ours_pid=host_pid, own_gpu_bytes=lambda index: reserved)
+    assert window.foreign_processes == []
+    d = attribute(t, gpu_expectation(), window)
+    assert d.cause(FOREIGN) is None and d.unexplained_s == pytest.approx(0.8)
+    # the same trace without the allocator's figure blames ourselves: what this prevents
+    t2, blind = replay(nvml, clock_ratio=1.0, reason=0, throttle=None, foreign=None,
+                       ours_pid=host_pid)
+    assert [p.pid for p in blind.foreign_processes] == [host_pid]
