@@ -359,7 +359,12 @@ def nvmlDeviceGetPowerManagementDefaultLimit(handle: FakeDevice) -> int:
     return _dev("nvmlDeviceGetPowerManagementDefaultLimit", handle).power_default_limit_mw
 
 
-def nvmlDeviceGetTemperatureV(handle: FakeDevice, sensor: int, version: int = 0) -> int:
+nvmlTemperature_v1 = 0x100000C  # the real module's version tag for the V1 struct
+
+
+def nvmlDeviceGetTemperatureV(
+    handle: FakeDevice, sensor: int, version: int = nvmlTemperature_v1
+) -> int:
     return _dev("nvmlDeviceGetTemperatureV", handle).temp_c
 
 
