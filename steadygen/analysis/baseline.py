@@ -5,9 +5,9 @@ A baseline is the median over a sliding window of recent warm runs of the same s
 moves it little. It is rebuilt from the job history at start, which is how it persists.
 
 A baseline describes the machine in its usual state, so a run that its own signals show as
-CPU-contended (our threads waited for a CPU far longer per CPU second than the baseline's
-runs did; see ``CpuCalibration``) does not teach it: otherwise a hog running half the
-time would drag the expectation up and hide itself. When contention lasts (``NEW_NORMAL``,
+CPU-contended (our threads waited for a CPU past the calibrated limit; see
+``CpuCalibration``) does not teach it: otherwise a hog running half the time would drag the
+expectation up, and the calibration with it, and hide itself. When contention lasts (``NEW_NORMAL``,
 half a window of such runs in a row), it is the machine's new normal and the baseline
 restarts from them.
 """

@@ -115,9 +115,11 @@ def competitors(
 ) -> list[dict[str, Any]]:
     """Other processes by name, with their pids and their largest CPU share in one scan
     (summed over the processes of that name: two burners at 90 % read 180 %). A process
-    whose affinity is known and does not meet ``ours`` is left out."""
+    whose affinity is known and does not meet ``ours`` is left out; one confined to our
+    CPUs ranks first (it can only compete with us), then by CPU share."""
     best: dict[str, float] = {}
     pids: dict[str, set[int]] = {}
+    confined: set[str] = set()
     for s in samples:
         per_name: dict[str, float] = {}
         for p in s.host.top_foreign:
@@ -127,8 +129,11 @@ def competitors(
             per_name[p.name] = per_name.get(p.name, 0.0) + p.cpu_pct
             if p.cpu_pct >= MIN_COMPETITOR_PCT:
                 pids.setdefault(p.name, set()).add(p.pid)
+                if ours and cpus is not None and set(cpus) <= ours:
+                    confined.add(p.name)
         for name, pct in per_name.items():
             best[name] = max(best.get(name, 0.0), pct)
-    ranked = sorted(best.items(), key=lambda kv: -kv[1])
-    return [{"name": k, "cpu_pct": v, "pids": sorted(pids.get(k, ()))}
+    ranked = sorted(best.items(), key=lambda kv: (kv[0] not in confined, -kv[1]))
+    return [{"name": k, "cpu_pct": v, "pids": sorted(pids.get(k, ())),
+             "confined_to_our_cpus": k in confined}
             for k, v in ranked[:n] if v >= MIN_COMPETITOR_PCT]

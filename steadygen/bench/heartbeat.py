@@ -25,7 +25,7 @@ from typing import IO, Any
 
 BEAT_EVERY_S = 0.5
 MAX_GAP_S = 3.0  # an interferer silent this long is not known to interfere
-MIN_CPU_PCT = 10.0  # a burner a loaded machine lets run less than this barely competes
+MIN_CPU_PCT = 2.0  # a CPU burner below this share of a core is stopped, not competing
 MIN_HELD_SHARE = 0.9
 
 

@@ -128,7 +128,7 @@ class HostBackend:
     baseline lives in the Process objects we keep between scans).
     """
 
-    def __init__(self, pid: int | None = None, scan_every_s: float = 1.0, top_n: int = 5):
+    def __init__(self, pid: int | None = None, scan_every_s: float = 1.0, top_n: int = 8):
         self.pid = os.getpid() if pid is None else pid
         self._proc = psutil.Process(self.pid)
         self._stat_path = Path(f"/proc/{self.pid}/stat")

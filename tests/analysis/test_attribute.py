@@ -21,7 +21,9 @@ from steadygen.analysis.attribute import (
 )
 from steadygen.analysis.baseline import WAIT_PER_CPU, Baselines
 from steadygen.analysis.causes import MEASURED_PHASES, phase_seconds
+from steadygen.analysis.cpu import competitors
 from steadygen.engine.timings import Timings
+from steadygen.telemetry import ForeignCpuProcess, HostReading, Sample
 from tests.analysis.builders import KEY, cpu_signals, expectation, host_window, timings
 
 EXPECTED = 1.0  # expectation(): 0.05 + 0.01 + 8 x 0.1 + 0.1 + 0.04
@@ -174,7 +176,8 @@ def test_cpu_contention_is_named_past_the_baselines_usual_wait() -> None:
     assert c.details["calibration"]["runs"] == 20
     assert "calibrated on 20 clean runs of this machine" in c.evidence
     assert c.details["competitors"] == [{"name": "python3", "cpu_pct": 185.0,
-                                         "pids": [4321, 4322]}]
+                                         "pids": [4321, 4322],
+                                         "confined_to_our_cpus": False}]
     assert "python3 (pid 4321, 4322: 185%)" in c.evidence
     assert c.details["own_cpus_busy"] == pytest.approx(1.0 / 1.8)
     assert "our own process kept" not in c.evidence  # 0.6 of 2 CPUs: not ours
@@ -331,3 +334,18 @@ def test_a_phase_every_run_pays_is_left_out_of_the_expectation_and_booked() -> N
     assert d.expected_s == pytest.approx(EXPECTED)
     assert must(d, OFFLOAD).seconds == pytest.approx(0.5)
     assert d.unexplained_s == pytest.approx(0.0, abs=1e-9)
+
+
+def test_competitors_are_those_that_may_run_on_our_cpus_confined_ones_first() -> None:
+    def sample(t: float) -> Sample:
+        return Sample(t_mono=t, t_wall=t, host=HostReading(cpu_affinity=(0,), top_foreign=(
+            ForeignCpuProcess(11, "build", 95.0, cpu_affinity=(0, 1)),
+            ForeignCpuProcess(12, "other-core-burner", 99.0, cpu_affinity=(1,)),
+            ForeignCpuProcess(13, "burner", 30.0, cpu_affinity=(0,)),
+            ForeignCpuProcess(14, "unknown", 40.0),
+        )))
+
+    found = competitors([sample(1.0), sample(2.0)], {0})
+    assert [c["name"] for c in found] == ["burner", "build", "unknown"]
+    assert found[0]["confined_to_our_cpus"] and found[0]["pids"] == [13]
+    assert "other-core-burner" not in {c["name"] for c in competitors([sample(1.0)], {0}, n=9)}
