@@ -32,6 +32,10 @@ MIN_RUNS = 1
 # sigmas: about 1 in 30,000 for normal noise), not a property of any one machine.
 K_SPREAD = 4.0
 CALIBRATION_MIN_RUNS = 5  # fewer clean runs: not calibrated, contention is not named
+# The calibration rests on the most recent clean runs only, so it follows a shared machine's
+# background load as it drifts (a window of 50 runs may span very different hours).
+CALIBRATION_WINDOW = 20
+CALIBRATED = ("run_delay_s",)  # signals whose medians come from the recent runs too
 FILTER_MIN_RUNS = CALIBRATION_MIN_RUNS  # the filter needs a calibration too
 NEW_NORMAL = WINDOW // 2  # contended runs in a row that restart the baseline from them
 WAIT_PER_CPU = "run_delay_per_cpu_second"  # a ratio: seconds waited per second run
@@ -221,7 +225,8 @@ class Baselines:
     @staticmethod
     def _is_contended(run: WarmRun, runs: deque[WarmRun]) -> bool:
         wait = _wait(run)
-        cal = calibrate([w for r in runs if (w := _wait(r)) is not None])
+        recent = list(runs)[-CALIBRATION_WINDOW:]
+        cal = calibrate([w for r in recent if (w := _wait(r)) is not None])
         if wait is None or not cal.calibrated:
             return False
         return wait > cal.limit
@@ -266,9 +271,12 @@ def _expectation(key: ShapeKey, runs: list[WarmRun]) -> Expectation:
     steps = [s for r in runs for s in r.steps_s]
     phases = {p: statistics.median(r.phases[p] for r in runs) for p in runs[0].phases}
     values: dict[str, list[float]] = {}
+    recent = runs[-CALIBRATION_WINDOW:]
     for r in runs:
         for n, v in r.signals.items():
-            values.setdefault(n, []).append(v)
+            if n not in CALIBRATED or r in recent:
+                values.setdefault(n, []).append(v)
+    for r in recent:  # the calibration follows the machine as it is now
         wait = _wait(r)
         if wait is not None:
             values.setdefault(WAIT_PER_CPU, []).append(wait)

@@ -71,6 +71,7 @@ class JobOutcome:
     excess_s: float | None
     total_s: float
     burner_named: bool  # a burner's pid among the competitors
+    evidence: str  # the cpu_contention cause's evidence ("" when not named)
     wait_per_cpu: float | None  # from the job's own counters, named or not
     limit: float | None
     causes: dict[str, float] = field(default_factory=dict)
@@ -189,6 +190,7 @@ def _outcome(job: dict[str, Any], interfered: bool, valid: bool,
         seconds=cpu["seconds"] if cpu else 0.0, excess_s=d["excess_s"],
         total_s=job["timings"]["total_s"],
         burner_named=bool(named_pids & set(burner_pids)),
+        evidence=cpu["evidence"] if cpu else "",
         wait_per_cpu=_wait(job), limit=details.get("wait_per_cpu_limit"),
         causes={c["kind"]: round(c["seconds"], 4) for c in d["causes"]},
     )

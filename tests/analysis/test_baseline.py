@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from steadygen.analysis.baseline import (
+    CALIBRATION_WINDOW,
     FILTER_MIN_RUNS,
     NEW_NORMAL,
     WAIT_PER_CPU,
@@ -162,3 +163,18 @@ def test_the_filter_waits_for_enough_runs_to_know_what_is_usual() -> None:
         b.add(KEY, run(total=1.0), {"run_delay_s": 0.2, "cpu_s": 1.0})
     assert contended(b, 1) == [True]
     assert b.add(KEY, run(total=1.0))  # no signals (sampler off): always counted
+
+
+def test_the_calibration_follows_the_recent_clean_runs() -> None:
+    """The bar comes from the most recent clean runs: when the machine's background load
+    falls, the bar falls with it (a window of 50 runs may span a busy and a quiet hour)."""
+    b = Baselines()
+    for _ in range(30):  # a busy hour: clean runs wait 1 s per CPU second
+        b.add(KEY, run(), {"run_delay_s": 1.0, "cpu_s": 1.0})
+    busy = cpu_calibration(expect(b, KEY))
+    for _ in range(CALIBRATION_WINDOW):  # a quiet one
+        b.add(KEY, run(), {"run_delay_s": 0.1, "cpu_s": 1.0})
+    quiet = cpu_calibration(expect(b, KEY))
+    assert busy is not None and quiet is not None
+    assert busy.usual == pytest.approx(1.0) and quiet.usual == pytest.approx(0.1)
+    assert quiet.runs == CALIBRATION_WINDOW and expect(b, KEY).runs == 50
