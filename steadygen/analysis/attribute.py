@@ -97,6 +97,8 @@ def attribute(
         notes.append("no baseline for this shape yet: expectations start after warm runs")
         # Nothing to compare with: measured phases only, and a first run said as such.
         named = [c for c in causes if c.seconds >= MIN_SECONDS or c.kind == COLD]
+        notes += [f"{c.kind} measured below the noise floor ({c.seconds:.3f} s): {c.evidence}"
+                  for c in causes if c not in named]
         return Diagnosis(actual, None, None, False, named, None, notes=notes)
 
     booked_phases = sum(expectation.phases.get(p, 0.0) for p in BASELINE_PHASES)
