@@ -11,6 +11,12 @@ How it holds on a busy shared machine: each shape gets a fresh server whose base
 CPU calibration) comes from its own clean runs in that shape; clean and interfered blocks of
 two jobs alternate, so the background load drifts alike over both; interfered blocks whose
 burners did not report a heartbeat all through are left out rather than scored.
+
+Marked slow (about two minutes, and run with ``-m slow``): on a 2-core machine shared with
+other heavy work, a burst of that work during a shape's warm-up sets its calibration's bar
+too high (or one arriving later pushes clean runs past it), and then a shape misses the
+0.95 bar; the figures measured so far, good and bad, are in docs/benchmarks.md
+("Attribution accuracy") with their raw JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import pytest
 from steadygen.bench.runner import InProcessTarget
 from steadygen.bench.shapes import ShapeResult, run_shape, shapes_for_this_machine
 from steadygen.config import load_settings
+
+pytestmark = pytest.mark.slow
 
 SHAPES = {s.name: s for s in shapes_for_this_machine(seconds=300)}
 CONTENDED = [n for n, s in SHAPES.items() if s.contended]
