@@ -92,14 +92,13 @@ def check_round(logs: list[BeatLog], t0: float, t1: float, expect_gib: float = 0
     longer during it, beat within ``max_gap_s`` of its end, and achieved enough."""
     achieved: dict[str, float] = {}
     for log in logs:
-        times = [b.t_mono for b in log.between(t0, t1) if t0 - max_gap_s <= b.t_mono <= t1]
-        silent = _longest_silence(times, t0, t1)
+        beats = [b for b in log.between(t0, t1) if t0 - max_gap_s <= b.t_mono <= t1 + max_gap_s]
+        silent = _longest_silence([b.t_mono for b in beats], t0, t1)
         if silent > max_gap_s:
-            what = ("sent no heartbeat during the round" if not times else
+            what = ("sent no heartbeat during the round" if not beats else
                     f"was silent for {silent:.1f} s in the round (more than {max_gap_s:.1f} s)")
             return InterferenceCheck(False, f"the {log.kind} interferer (pid {log.pid}) {what}",
                                      achieved)
-        beats = [b for b in log.between(t0, t1) if t0 - max_gap_s <= b.t_mono <= t1 + max_gap_s]
         short = _achieved(log.kind, beats, expect_gib, achieved)
         if short:
             return InterferenceCheck(False, f"the {log.kind} interferer (pid {log.pid}) "
@@ -108,12 +107,14 @@ def check_round(logs: list[BeatLog], t0: float, t1: float, expect_gib: float = 0
 
 
 def _longest_silence(times: list[float], t0: float, t1: float) -> float:
-    """The longest stretch of ``[t0, t1]`` without a beat (a beat before t0 counts)."""
+    """The longest stretch of ``[t0, t1]`` without a beat (beats just before t0 and just
+    after t1 count: they bound the round's first and last stretches)."""
     if not times:
         return float("inf")
     edges = sorted(times)
-    gaps = [max(0.0, edges[0] - t0), t1 - edges[-1]]
-    gaps += [b - a for a, b in zip(edges, edges[1:], strict=False)]
+    gaps = [max(0.0, edges[0] - t0), max(0.0, t1 - edges[-1])]
+    gaps += [min(b, t1) - max(a, t0) for a, b in zip(edges, edges[1:], strict=False)
+             if b > t0 and a < t1]
     return max(gaps)
 
 

@@ -21,7 +21,13 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from steadygen.bench.heartbeat import BEAT_EVERY_S, BeatLog, InterferenceCheck, check_round
+from steadygen.bench.heartbeat import (
+    BEAT_EVERY_S,
+    MAX_GAP_S,
+    BeatLog,
+    InterferenceCheck,
+    check_round,
+)
 from steadygen.errors import ConfigError
 
 KINDS = ("cpu", "gpu", "vram")
@@ -201,7 +207,12 @@ class Interferer:
 
     def check(self, t0: float, t1: float) -> InterferenceCheck:
         """Whether every interferer beat all through ``[t0, t1]`` (monotonic seconds here)
-        and achieved what it should."""
+        and achieved what it should. Waits for each one's first beat after ``t1`` (at most
+        ``MAX_GAP_S``), so that a short round is judged on a beat at each end."""
+        deadline = time.monotonic() + MAX_GAP_S
+        while time.monotonic() < deadline and not all(
+                any(b.t_mono >= t1 for b in log.between(t1, t1)) for log in self._logs):
+            time.sleep(0.02)
         return check_round(self._logs, t0, t1, expect_gib=self.spec.gib)
 
     def stop(self) -> None:

@@ -40,3 +40,14 @@ def test_too_little_achieved_is_invalid() -> None:
     assert "held 2.00 GiB of 4.00 GiB" in check_round([vram], 1.0, 9.0, expect_gib=4.0).reason
     full = log_of("vram", [(t, {"gib_held": 4.0}) for t in range(0, 11)])
     assert check_round([full], 1.0, 9.0, expect_gib=4.0).valid
+
+
+def test_a_round_shorter_than_a_beat_is_judged_on_the_beats_around_it() -> None:
+    # Two quick jobs in 0.2 s, between two beats half a second apart: the burner was beating
+    # on both sides of the round and ran 80 % of a core across it.
+    log = log_of("cpu", [(0.0, {"cpu_s": 1.0}), (0.5, {"cpu_s": 1.4})])
+    check = check_round([log], 0.1, 0.3)
+    assert check.valid, check.reason
+    assert abs(check.achieved["cpu_pct"] - 80.0) < 1e-6
+    only_before = log_of("cpu", [(0.0, {"cpu_s": 1.0})])
+    assert "sent one heartbeat only" in check_round([only_before], 0.1, 0.3).reason
