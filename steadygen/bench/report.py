@@ -27,6 +27,8 @@ CAUSE_COLOURS = {
     "foreign_gpu_process": "#b279a2",
     "cpu_contention": "#eeca3b",
     "memory_management": "#9d755d",
+    "offload": "#ff9da6",
+    "adapter_switch": "#54a24b",
 }
 
 

@@ -95,3 +95,10 @@ def test_every_report_file_exists_and_opens(tmp_path: Path, gpu: bool) -> None:
     page = paths["html"].read_text()
     assert page.startswith("<!doctype html>") and page.count("<table>") >= 5
     assert page.count("<img") == 3 and "data:image/png;base64," in page
+
+
+def test_every_cause_kind_has_a_colour() -> None:
+    from steadygen.analysis.causes import CAUSE_KINDS
+    from steadygen.bench.report import CAUSE_COLOURS
+
+    assert set(CAUSE_COLOURS) - {None} == set(CAUSE_KINDS)
