@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from steadygen.telemetry.window import in_window
+
 ROOT = Path(__file__).resolve().parents[2]
 GPU = ROOT / "benchmarks" / "gpu"
 CONFIGS = ("baseline", "sg-sdpa", "sg-attn", "sg-compile", "sg-fp8", "sg-bf16", "sg-all")
@@ -135,8 +137,9 @@ def test_record_trace_reduced_writes_host_samples_with_job_and_step_marks(
     assert trace["samples"] and all("host" in s and "t_mono" in s for s in trace["samples"])
     steps = [m for m in trace["marks"] if m["kind"] == "step_end"]
     assert len(steps) == 2 * 2
-    for job in trace["jobs"]:
-        inside = [s for s in trace["samples"] if job["t_start"] <= s["t_mono"] <= job["t_end"]]
+    for job in trace["jobs"]:  # the one edge rule, half-open: start <= t < end
+        inside = [s for s in trace["samples"]
+                  if in_window(s["t_mono"], job["t_start"], job["t_end"])]
         assert len(inside) == job["window"]["n_samples"]
     times = [m["t_mono"] for m in trace["marks"] if m["job"] == "cold"]
     assert times == sorted(times)

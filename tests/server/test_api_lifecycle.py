@@ -87,7 +87,7 @@ def test_sigterm_exits_within_the_grace_period_and_loses_nothing(plain: ServerPr
     """The plain server's grace period is 1 s: a 100-step job cannot finish in it. SIGTERM
     stops the server cleanly; the queued jobs stay queued, and the running job is neither
     lost nor marked cancelled: it runs again, from its start, after the restart. (A running
-    job that does finish within the grace period: tests/queue/test_local.py.)"""
+    job that does finish within the grace period: tests/queue/test_contract.py.)"""
     running = plain.submit(**LONG_JOB)
     waiting = [plain.submit(**SMALL_JOB, seed=k) for k in (41, 42)]
     plain.wait_running(running["id"])
