@@ -5,6 +5,7 @@ and ``worker`` compose the same way."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from steadygen.config import Settings
