@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from steadygen.analysis.causes import CAUSE_KINDS
 from steadygen.errors import SteadygenError
 from steadygen.queue.contract import QueueStats
 from steadygen.queue.events import EventHub
@@ -69,6 +70,8 @@ class Metrics:
             "Seconds of slowdown attributed to each cause, over all jobs.", ["cause"],
             registry=r,
         )
+        for cause in CAUSE_KINDS:  # every label value from the start (0 until it happens)
+            self.slowdown.labels(cause=cause)
         self.slow_jobs = Counter(
             "steadygen_slow_jobs_total", "Jobs slower than expected by more than the margin.",
             registry=r,
