@@ -128,3 +128,27 @@ def test_create_refuses_concurrency_on_cuda_before_loading(
     monkeypatch.setattr(memory, "device_total_bytes", lambda device: 80 * GIB)  # create sees
     with pytest.raises(ConfigError, match="concurrency 2 on cuda:0 is not supported"):
         Engine.create(model=TINY, device="cuda:0", cache_dir=cache_dir, concurrency=2)
+
+
+def test_the_settings_check_the_new_options() -> None:
+    from steadygen.config import load_settings
+
+    with pytest.raises(ConfigError, match="memory must be auto, high, balanced or low"):
+        load_settings(memory="medium")
+    with pytest.raises(ConfigError, match="vae_decode must be plain or tuned"):
+        load_settings(vae_decode="fast")
+    settings = load_settings(memory="low", cuda_graphs=True, exact_length_prompts=False)
+    assert (settings.memory, settings.cuda_graphs, settings.exact_length_prompts) == (
+        "low", True, False)
+
+
+def test_build_engine_passes_the_new_options(tiny_checkpoint: Path, cache_dir: Path) -> None:
+    from steadygen.compose import build_engine
+    from steadygen.config import load_settings
+
+    eng = build_engine(load_settings(model=TINY, device="cpu", cache_dir=cache_dir,
+                                     memory="balanced", cuda_graphs=True, vae_decode="tuned",
+                                     exact_length_prompts=False, concurrency=2))
+    opts = eng.options
+    assert (opts.memory, opts.cuda_graphs, opts.vae_decode, opts.exact_length_prompts) == (
+        "balanced", True, "tuned", False)
