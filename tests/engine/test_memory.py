@@ -75,7 +75,7 @@ def test_balanced_moves_the_text_encoder_on_a_cache_miss_only(
     t = first.timings
     assert t.offload_s > 0 and t.offload_phases == {"encode": pytest.approx(t.offload_s)}
     assert eng._memory.where["text_encoder"] == "cpu:1"  # off the device after encoding
-    assert t.phases()["offload"] == t.offload_s
+    assert t.phases()["offload"] == t.offload_s and t.to_dict()["offload_s"] == t.offload_s
     assert in_engine_s(t) == pytest.approx(t.total_s, abs=1e-6)  # nothing counted twice
     encode_interval = t.marks["encode_end"] - t.marks["start"] - t.load_s
     assert t.encode_s == pytest.approx(encode_interval - t.offload_s)
