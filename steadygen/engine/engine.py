@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from steadygen.engine import graphs, memory, speed
-from steadygen.engine.device import configure_allocator, cuda_available, is_oom, memory_stats
+from steadygen.engine.device import (
+    configure_allocator,
+    cuda_available,
+    is_oom,
+    memory_stats,
+    reset_peak,
+)
 from steadygen.engine.encode import encode_prompt
 from steadygen.engine.models import ModelSpec, default_model_name, require_available, resolve_model
 from steadygen.engine.outputs import a1111_parameters, save_png, unique_stem
@@ -299,6 +305,8 @@ class Engine:
     ) -> GenerationResult:
         """The stages in order, each timed at its edges (``timings.marks``)."""
         shape = _shape(req)
+        if self.is_cuda:
+            reset_peak(self.device)  # result.memory's peak is this job's
         self._fault("start")
         embeds = self._encode(req, timings)  # 1
         key = (*shape, speed.caption_buckets(_caption_lengths(req, embeds)))

@@ -259,3 +259,23 @@ def test_the_carried_wheels_resolve_with_what_the_gpu_image_has() -> None:
     assert "torch" not in carried
     locked = names(GPU / "wheels.lock")
     assert carried <= locked, carried - locked  # fetch_wheels.sh can fetch every one
+
+
+def test_run_sh_stops_without_torch_and_never_installs_it(tmp_path: Path) -> None:
+    """Review item 3: torch comes with the machine. A Python without it (a fresh venv here)
+    stops the script before anything is installed, saying so."""
+    import venv
+
+    venv.create(tmp_path / "venv", with_pip=False, system_site_packages=False)
+    site = tmp_path / "site"
+    proc = subprocess.run(
+        ["bash", str(GPU / "run.sh"), str(tmp_path / "out")], capture_output=True, text=True,
+        timeout=120, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(tmp_path / "venv" / "bin" / "python"),
+             "SITE_DIR": str(site), "WHEELS": str(tmp_path / "no-wheels")},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "run.sh never installs torch" in proc.stdout
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["stages"] == [{"stage": "torch_check", "rc": 1, "seconds": 0}]
+    assert not site.exists()
