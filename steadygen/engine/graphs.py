@@ -134,7 +134,8 @@ class GraphRunner:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: the server's other threads (metrics, telemetry) may touch CUDA
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             outputs = self._run(inputs)
         graph.replay()  # the capture itself computed nothing
         return _Entry(inputs, outputs, replay=graph.replay)
