@@ -44,6 +44,7 @@ if str(HERE.parents[1]) not in sys.path:  # the repo root, for steadygen when no
     sys.path.insert(1, str(HERE.parents[1]))
 
 import bench_report as br  # noqa: E402
+import memory_modes  # noqa: E402
 import zimage_arch as za  # noqa: E402
 
 # Relative L2 of the final latents against the baseline's, same seed and weights. Measured on
@@ -658,6 +659,14 @@ def measure(bench: Bench, report: br.Report, out_dir: Path) -> int:
         report.data["cpu_hog"] = cpu_hog(bench, runners, report.data["summary"])
     except Exception as exc:
         report.data["cpu_hog"] = {"skipped": report.error("cpu hog", exc)}
+    # 6. The memory modes, last: low stores the shared transformer in float8 in place.
+    if args.memory_modes:
+        try:
+            per_run = max((r.runs_s[-1] for r in runners.values() if r.runs_s), default=5.0)
+            report.data["memory_modes"] = memory_modes.run_modes(bench, bench.left(), per_run)
+        except Exception as exc:
+            report.data["memory_modes"] = {"skipped": report.error("memory modes", exc)}
+        report.stage("memory modes")
     report.data["status"] = "complete" if rounds >= args.runs else "partial"
     report.stage("done", rounds=rounds)
     text = br.table(report.data)
@@ -812,6 +821,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--budget-s", type=float, help="stop timed rounds before this (420; 900)")
+    p.add_argument("--memory-modes", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the memory modes' peak VRAM and offload seconds, last")
     p.add_argument("--hog-runs", type=int,
                    help="runs of the best config with a CPU hog on every core (30; reduced 3)")
     p.add_argument("--compile-backend", default="inductor",

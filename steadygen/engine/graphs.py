@@ -140,6 +140,12 @@ class GraphRunner:
         graph.replay()  # the capture itself computed nothing
         return _Entry(inputs, outputs, replay=graph.replay)
 
+    def reset(self) -> None:
+        """Forget every graph: call after the transformer's weights or modules change other
+        than in place (a LoRA loaded unfused, a new adapter), which a graph would miss."""
+        self.entries.clear()
+        self.failures.clear()
+
     def drain_events(self) -> list[CompileEvent]:
         """The captures since the last call (cold start, like a compile)."""
         events, self._events = self._events, []

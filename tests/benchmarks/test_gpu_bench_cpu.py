@@ -110,6 +110,19 @@ def test_the_committed_fields_are_at_the_top(bench: dict[str, Any]) -> None:
     assert hog["p99_over_p50"] == pytest.approx(hog["p99_s"] / hog["median_s"])
 
 
+def test_the_memory_modes_report_their_peak_and_their_moves(bench: dict[str, Any]) -> None:
+    modes = bench["memory_modes"]
+    assert set(modes) >= {"high", "balanced", "low"}, modes
+    assert modes["high"]["offload_s"] == 0.0
+    # on a CPU the weights go to a second name for host memory: real moves, no peak
+    assert modes["balanced"]["offload_s"] > 0
+    assert set(modes["balanced"]["offload_phases_s"]) == {"encode"}
+    assert modes["balanced"]["where"]["text_encoder"] == "cpu:1"
+    assert set(modes["low"]["where"].values()) == {"cpu:1"}
+    assert modes["low"]["applied"]["fp8_storage"].startswith("transformer weights stored")
+    assert all(modes[m]["peak_vram_gib"] is None for m in ("high", "balanced", "low"))
+
+
 def test_correctness_is_compared_for_every_config_that_ran(bench: dict[str, Any]) -> None:
     for name, c in bench["configs"].items():
         if c["status"] != "ok":
