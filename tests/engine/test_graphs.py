@@ -77,6 +77,17 @@ def test_the_least_recently_used_shape_leaves_first(pipe: Any) -> None:
     assert next(iter(runner.entries))[0][0][2] == 160 // 8  # the latest shape stays
 
 
+def test_reset_forgets_every_graph_and_the_next_call_captures_again(pipe: Any) -> None:
+    runner = graphs.GraphRunner(pipe.transformer, replay_mode="eager")
+    runner.install()
+    latents(pipe, "a red boat")
+    runner.drain_events()
+    runner.reset()  # e.g. after an adapter changed the transformer's modules
+    assert not runner.entries
+    latents(pipe, "a red boat")
+    assert len(runner.entries) == 1 and len(runner.drain_events()) == 1
+
+
 def test_a_shape_that_cannot_be_captured_runs_eager_and_says_why(pipe: Any) -> None:
     runner = graphs.GraphRunner(pipe.transformer, replay_mode="cuda")  # no CUDA here
     runner.install()
