@@ -720,11 +720,15 @@ def round_seconds(active: list[Runner]) -> float:
 
 
 def hog_reserve_s(bench: Bench, active: list[Runner]) -> float:
-    """What the CPU-hog stage needs: its runs of the slowest candidate, plus margin."""
-    if not active or bench.args.hog_runs <= 0:
+    """What the stages after the rounds need: the CPU-hog runs of the slowest candidate and
+    the memory modes (when on), plus margin."""
+    if not active:
         return 0.0
     slowest = max(min(r.out["warmup_runs_s"]) for r in active)
-    return bench.args.hog_runs * slowest * 1.5 + 5.0
+    hog = bench.args.hog_runs * slowest * 1.5 + 5.0 if bench.args.hog_runs > 0 else 0.0
+    modes = (memory_modes.needed_s(slowest) if getattr(bench.args, "memory_modes", False)
+             else 0.0)
+    return hog + modes
 
 
 def planned_rounds(bench: Bench, active: list[Runner]) -> int:
