@@ -32,12 +32,17 @@ def build_engine(settings: Settings) -> Engine:
         vae_tiling=settings.vae_tiling,
         prompt_cache_size=settings.prompt_cache_size,
         empty_cache_per_request=settings.empty_cache_per_request,
+        memory=settings.memory,
+        cuda_graphs=settings.cuda_graphs,
+        exact_length_prompts=settings.exact_length_prompts,
+        vae_decode=settings.vae_decode,
     )
     return Engine.create(
         model=settings.model,
         device=settings.device,
         cache_dir=settings.cache_dir,
         options=options,
+        concurrency=settings.concurrency,
     )
 
 

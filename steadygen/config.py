@@ -59,6 +59,10 @@ class Settings:
     fp8: bool = False
     vae_tiling: str = "auto"  # auto | on | off
     prompt_cache_size: int = 32
+    memory: str = "auto"  # auto | high | balanced | low (what stays on the GPU)
+    cuda_graphs: bool = False  # one CUDA graph per warm shape for the transformer
+    exact_length_prompts: bool = True  # encode only the prompt's real tokens
+    vae_decode: str = "plain"  # plain | tuned (cuDNN autotuning + channels-last)
     # HTTP service
     host: str = "127.0.0.1"
     port: int = 7860
@@ -201,6 +205,10 @@ def _check(s: Settings) -> None:
         )
     if s.vae_tiling not in ("auto", "on", "off"):
         raise ConfigError(f"vae_tiling must be auto, on or off (got {s.vae_tiling!r})")
+    if s.memory not in ("auto", "high", "balanced", "low"):
+        raise ConfigError(f"memory must be auto, high, balanced or low (got {s.memory!r})")
+    if s.vae_decode not in ("plain", "tuned"):
+        raise ConfigError(f"vae_decode must be plain or tuned (got {s.vae_decode!r})")
     if s.queue_url and not s.queue_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f"queue must be a Redis URL such as redis://127.0.0.1:6379/0 (got {s.queue_url!r})"
