@@ -23,8 +23,8 @@ from steadygen.queue.job import Job, JobState
 # Suits 0.05 s to 120 s, with a few smaller buckets for CPU-sized steps.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 PHASES = (
-    "load", "warmup", "encode", "prepare", "steps", "decode", "save", "memory", "callbacks",
-    "other",
+    "load", "warmup", "encode", "prepare", "steps", "decode", "save", "memory", "offload",
+    "callbacks", "other",
 )
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
