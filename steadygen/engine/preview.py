@@ -1,0 +1,182 @@
+"""Live previews: a cheap picture of the latents after each denoising step.
+
+Decoding the latents with the VAE every step would cost as much as a step. Instead a fixed
+linear map takes each latent pixel's 16 channels to RGB (3 x 16 weights and 3 biases), the
+result is upscaled and encoded as a small JPEG. The map is fitted once per VAE by least
+squares: smooth synthetic colour images are encoded to latents, the latents decoded, and the
+map fitted from the latents (in the space the denoising loop keeps them) to the decoded
+images pooled down to the latent grid. The fit is cached in the cache directory under a key
+made from the VAE's class, config and weights, so a different VAE (the tiny model's random
+one included) gets its own map.
+
+Z-Image keeps its latents unpacked inside the loop, (batch, 16, height / 8, width / 8), and in
+the transformer's space: ``decode`` input is ``latents / scaling_factor + shift_factor``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("steadygen.engine.preview")
+
+PREVIEW_MAP_VERSION = 1  # bump when the fit below changes, so old cached maps are refitted
+PREVIEW_UPSCALE = 2  # the latent grid is 1/8 of the image side; the preview 1/4 of it
+JPEG_QUALITY = 70
+FIT_SIDE_PX = 256  # the synthetic images the map is fitted on
+FIT_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class LatentRGBMap:
+    """rgb = weight @ latent_pixel + bias, in 0..1 (weight: 3 rows of one value per
+    latent channel)."""
+
+    vae_key: str
+    weight: list[list[float]]
+    bias: list[float]
+    fit_rmse: float  # root mean square error of the fit, on 0..1 colours
+
+    def to_json(self) -> str:
+        return json.dumps({"version": PREVIEW_MAP_VERSION, **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> LatentRGBMap | None:
+        data = json.loads(text)
+        if data.pop("version", None) != PREVIEW_MAP_VERSION:
+            return None
+        return cls(**data)
+
+
+def vae_key(vae: Any) -> str:
+    """A key that changes with the VAE's class, config or weights (hashing every weight of
+    the decoder's last and the encoder's first layer: cheap, and any retraining moves them)."""
+    import torch
+
+    h = hashlib.sha256()
+    h.update(type(vae).__name__.encode())
+    h.update(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    for layer in (vae.decoder.conv_out, vae.encoder.conv_in):
+        for p in layer.parameters():
+            h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _synthetic_images(n: int, side_px: int, seed: int) -> Any:
+    """Smooth colour fields in -1..1, (n, 3, side, side): random 4x4 colour grids blown up
+    bicubically, plus a gradient, so the fit sees flat areas, edges and many hues."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
+    fields = F.interpolate(coarse, size=(side_px, side_px), mode="bicubic", align_corners=True)
+    ramp = torch.linspace(-0.5, 0.5, side_px).view(1, 1, 1, side_px)
+    return (fields + ramp * torch.rand(n, 3, 1, 1, generator=g)).clamp(-1, 1)
+
+
+def fit_samples(vae: Any, *, images: int = FIT_IMAGES,
+                side_px: int = FIT_SIDE_PX) -> tuple[Any, Any]:
+    """(latent pixels (N, 16), their decoded colours in 0..1 (N, 3)): ``images`` synthetic
+    images encoded, decoded, and the decoded images pooled down to the latent grid."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg = vae.config
+    device, dtype = next(vae.parameters()).device, vae.dtype
+    pixels = _synthetic_images(images, side_px, seed=0).to(device, dtype)
+    with torch.inference_mode():
+        posterior = vae.encode(pixels).latent_dist
+        decoded = vae.decode(posterior.mean, return_dict=False)[0]
+    # the loop's space: latents = (vae latents - shift) * scale
+    loop_latents = ((posterior.mean - cfg.shift_factor) * cfg.scaling_factor).float().cpu()
+    target = F.adaptive_avg_pool2d(decoded.float().cpu(), loop_latents.shape[-2:])
+    target = ((target + 1) / 2).clamp(0, 1)
+    x = loop_latents.permute(0, 2, 3, 1).reshape(-1, loop_latents.shape[1])
+    y = target.permute(0, 2, 3, 1).reshape(-1, 3)
+    return x, y
+
+
+def fit_map(vae: Any, *, images: int = FIT_IMAGES, side_px: int = FIT_SIDE_PX) -> LatentRGBMap:
+    """Fit the latent->RGB map for this VAE by least squares (one encode and one decode of
+    ``images`` small images)."""
+    x, y = fit_samples(vae, images=images, side_px=side_px)
+    weight, bias, rmse = least_squares(x, y)
+    return LatentRGBMap(vae_key=vae_key(vae), weight=weight, bias=bias, fit_rmse=round(rmse, 5))
+
+
+def least_squares(x: Any, y: Any) -> tuple[list[list[float]], list[float], float]:
+    """The affine map y ~ weight @ x + bias minimising the squared error: (weight rows,
+    bias, root mean square error), from x (N, C) and y (N, 3)."""
+    import torch
+
+    x1 = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1).double()
+    solution = torch.linalg.lstsq(x1, y.double()).solution  # (C + 1, 3)
+    rmse = float(((x1 @ solution - y.double()) ** 2).mean().sqrt())
+    return solution[:-1].T.float().tolist(), solution[-1].float().tolist(), rmse
+
+
+def load_or_fit(vae: Any, cache_dir: Path) -> LatentRGBMap:
+    """The VAE's map from the cache directory, fitted and stored on first use."""
+    key = vae_key(vae)
+    path = Path(cache_dir) / "previews" / f"latent-rgb-{key}.json"
+    try:
+        cached = LatentRGBMap.from_json(path.read_text())
+        if cached is not None and cached.vae_key == key:
+            return cached
+    except (OSError, ValueError, TypeError):
+        pass
+    fitted = fit_map(vae)
+    try:  # atomically: a concurrent reader sees the old file or the whole new one
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(fitted.to_json())
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache costs a refit next start, nothing more
+        log.warning("cannot cache the preview map in %s: %s", path.parent, exc)
+    log.info("fitted the latent preview map for VAE %s (rmse %.3f)", key, fitted.fit_rmse)
+    return fitted
+
+
+class Previewer:
+    """Turns loop latents into a JPEG with one map; keeps the map's tensors on the device."""
+
+    def __init__(self, rgb_map: LatentRGBMap):
+        import torch
+
+        self.map = rgb_map
+        self._weight = torch.tensor(rgb_map.weight)  # (3, 16)
+        self._bias = torch.tensor(rgb_map.bias).view(3, 1, 1)
+
+    def rgb(self, latents: Any) -> Any:
+        """(B, 16, h, w) or (16, h, w) latents -> (h, w, 3) uint8 of the first image."""
+        import torch
+
+        lat = latents[0] if latents.dim() == 4 else latents
+        if self._weight.device != lat.device:
+            self._weight = self._weight.to(lat.device)
+            self._bias = self._bias.to(lat.device)
+        with torch.inference_mode():
+            image = torch.einsum("oc,chw->ohw", self._weight, lat.float()) + self._bias
+            image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+            return image.permute(1, 2, 0).contiguous().cpu().numpy()
+
+    def jpeg(self, latents: Any, scale: int = PREVIEW_UPSCALE,
+             quality: int = JPEG_QUALITY) -> bytes:
+        """Upscaled by ``scale`` only: a larger JPEG costs more than the map (the page
+        scales the picture up further, for free)."""
+        from PIL import Image
+
+        image = Image.fromarray(self.rgb(latents))
+        if scale > 1:
+            image = image.resize((image.width * scale, image.height * scale),
+                                 Image.Resampling.BILINEAR)
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=quality)
+        return out.getvalue()
