@@ -77,7 +77,8 @@ def router(service: Service) -> APIRouter:
             quality = f"?compression={body.output_compression}" \
                 if body.output_compression is not None and fmt != "png" else ""
             n = len((job.result or {}).get("images", []))
-            data = [{"url": f"{base}/v1/images/files/{job.id}/{k}.{fmt}{quality}"}
+            data = [{"url": f"{base}/v1/jobs/{job.id}/images/{k}.png" if fmt == "png"
+                     else f"{base}/v1/images/files/{job.id}/{k}.{fmt}{quality}"}
                     for k in range(n)]
         else:
             encoded = await asyncio.to_thread(_encoded, service, job, fmt,
