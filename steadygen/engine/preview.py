@@ -145,38 +145,51 @@ def load_or_fit(vae: Any, cache_dir: Path) -> LatentRGBMap:
 
 
 class Previewer:
-    """Turns loop latents into a JPEG with one map; keeps the map's tensors on the device."""
+    """Turns loop latents into a JPEG with one map. On the CPU the map runs in numpy (no
+    torch dispatch per call); on a GPU it runs there and only the small RGB grid moves."""
 
     def __init__(self, rgb_map: LatentRGBMap):
-        import torch
+        import numpy as np
 
         self.map = rgb_map
-        self._weight = torch.tensor(rgb_map.weight)  # (3, 16)
-        self._bias = torch.tensor(rgb_map.bias).view(3, 1, 1)
+        self._weight = np.asarray(rgb_map.weight, dtype=np.float32)  # (3, 16)
+        self._bias = np.asarray(rgb_map.bias, dtype=np.float32).reshape(3, 1)
+        self._on_device: dict[Any, tuple[Any, Any]] = {}
 
     def rgb(self, latents: Any) -> Any:
         """(B, 16, h, w) or (16, h, w) latents -> (h, w, 3) uint8 of the first image."""
-        import torch
+        import numpy as np
 
         lat = latents[0] if latents.dim() == 4 else latents
-        if self._weight.device != lat.device:
-            self._weight = self._weight.to(lat.device)
-            self._bias = self._bias.to(lat.device)
+        channels, height, width = lat.shape
+        if lat.device.type == "cpu":
+            mapped = self._weight @ lat.detach().reshape(channels, -1).float().numpy()
+            mapped += self._bias
+        else:
+            mapped = self._map_on_device(lat.detach().reshape(channels, -1))
+        np.clip(mapped, 0.0, 1.0, out=mapped)
+        pixels = (mapped * 255.0 + 0.5).astype(np.uint8)
+        return pixels.reshape(3, height, width).transpose(1, 2, 0)
+
+    def _map_on_device(self, flat: Any) -> Any:
+        import torch
+
+        if flat.device not in self._on_device:
+            self._on_device[flat.device] = (torch.from_numpy(self._weight).to(flat.device),
+                                            torch.from_numpy(self._bias).to(flat.device))
+        weight, bias = self._on_device[flat.device]
         with torch.inference_mode():
-            image = torch.einsum("oc,chw->ohw", self._weight, lat.float()) + self._bias
-            image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-            return image.permute(1, 2, 0).contiguous().cpu().numpy()
+            return torch.addmm(bias, weight, flat.float()).cpu().numpy()
 
     def jpeg(self, latents: Any, scale: int = PREVIEW_UPSCALE,
              quality: int = JPEG_QUALITY) -> bytes:
-        """Upscaled by ``scale`` only: a larger JPEG costs more than the map (the page
-        scales the picture up further, for free)."""
+        """Upscaled ``scale`` times (nearest: each latent pixel a block) only: a larger JPEG
+        costs more than the map, and the page scales the picture up further for free."""
         from PIL import Image
 
-        image = Image.fromarray(self.rgb(latents))
+        pixels = self.rgb(latents)
         if scale > 1:
-            image = image.resize((image.width * scale, image.height * scale),
-                                 Image.Resampling.BILINEAR)
+            pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
         out = io.BytesIO()
-        image.save(out, format="JPEG", quality=quality)
+        Image.fromarray(pixels).save(out, format="JPEG", quality=quality)
         return out.getvalue()

@@ -119,3 +119,13 @@ def test_preview_flag_must_be_a_boolean(value: Any) -> None:
     with pytest.raises(InvalidRequest) as err:
         validate_request(raw, limits=Limits(), models=["m"], default_model="m")
     assert err.value.first.field == "preview" and repr(value) in err.value.first.message
+
+
+def test_device_path_maps_like_the_cpu_path(engine: Engine) -> None:
+    """The map as it runs on a GPU (torch, on the latents' device), checked here on CPU
+    tensors against the numpy path the CPU uses."""
+    previewer = Previewer(load_or_fit(engine.pipe.vae, engine.cache_dir))
+    lat = torch.randn(16, 8, 12, generator=torch.Generator().manual_seed(4))
+    on_device = previewer._map_on_device(lat.reshape(16, -1))
+    by_numpy = previewer._weight @ lat.reshape(16, -1).numpy() + previewer._bias
+    assert np.allclose(on_device, by_numpy, atol=1e-5)

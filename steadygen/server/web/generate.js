@@ -4,6 +4,7 @@
 import { api, ApiError, openStream } from "./api.js";
 import { $, $$, h, secs } from "./dom.js";
 import { copyParams, diagnosisBlock, imagesGrid, jobTimes, paramsBody, phaseBar } from "./jobview.js";
+import { PREVIEW_REQUEST, resetPreview, showPreview } from "./preview.js";
 
 const SIDE = { min: 256, max: 2048, multiple: 16 };
 const FORM_STORE = "steadygen.form";
@@ -161,7 +162,7 @@ async function submit() {
   const button = $("#generate");
   button.disabled = true;
   try {
-    const job = await api("/v1/jobs", { method: "POST", body });
+    const job = await api("/v1/jobs", { method: "POST", body: { ...body, ...PREVIEW_REQUEST } });
     const { seed, ...remembered } = body;
     localStorage.setItem(FORM_STORE, JSON.stringify({ ...remembered, seed: seed ?? null }));
     track(job);
@@ -187,6 +188,7 @@ function track(job) {
   $("#cancel").disabled = false;
   $("#cancel").textContent = "Cancel";
   $("#p-prompt").textContent = job.request.prompt;
+  resetPreview();
   setProgress(job.progress ? job.progress.step : 0, job.request.steps);
   setTitle(job.state === "running" ? "Generating" : "Queued");
   $("#p-position").textContent = job.state === "running" ? "running" : position(job.position);
@@ -255,6 +257,7 @@ function onJobEvent(ev) {
       active.steps = data.steps;
       setProgress(data.step, data.steps);
       setEta(data.eta_s);
+      showPreview(data);
       if (data.step >= data.steps) setTitle("Decoding and saving");
       tick();
       return false;
