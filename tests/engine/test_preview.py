@@ -129,3 +129,9 @@ def test_device_path_maps_like_the_cpu_path(engine: Engine) -> None:
     on_device = previewer._map_on_device(lat.reshape(16, -1))
     by_numpy = previewer._weight @ lat.reshape(16, -1).numpy() + previewer._bias
     assert np.allclose(on_device, by_numpy, atol=1e-5)
+
+
+def test_preview_flag_leaves_the_shape_key_alone(engine: Engine, make_req: Any) -> None:
+    from steadygen.queue.runner import shape_key
+
+    assert shape_key(engine, make_req(preview=True)) == shape_key(engine, make_req())
