@@ -80,8 +80,9 @@ def read_image_text(data: bytes) -> dict[str, str]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return {k: v for k, v in im.info.items() if isinstance(v, str)}
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"not a readable image ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+            Image.DecompressionBombError) as exc:  # what PIL raises on broken input
+        raise ValueError(f"not a readable image ({type(exc).__name__})") from exc
 
 
 def parse_parameters(text: str) -> dict[str, str]:

@@ -20,6 +20,8 @@ import io
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ PREVIEW_UPSCALE = 2  # the latent grid is 1/8 of the image side; the preview 1/4
 JPEG_QUALITY = 70
 FIT_SIDE_PX = 256  # the synthetic images the map is fitted on
 FIT_IMAGES = 4
+PREVIEW_SHARE = 0.02  # previews may take at most this share of a job's step time
 
 
 @dataclass(frozen=True)
@@ -193,3 +196,32 @@ class Previewer:
         out = io.BytesIO()
         Image.fromarray(pixels).save(out, format="JPEG", quality=quality)
         return out.getvalue()
+
+
+class PreviewBudget:
+    """Keeps a job's previews within ``share`` of its step time: a step gets a preview while
+    the previews so far took at most ``share`` of the steps so far. The first step always
+    gets one; when steps are long against a preview (any real model on a GPU: ~1 ms against
+    tens of ms or more) every step does; on a model whose steps take a few ms (the tiny
+    model at small sizes) some steps go without, and the cost stays bounded all the same:
+    previews_s <= share * steps_s + one preview."""
+
+    def __init__(self, share: float = PREVIEW_SHARE,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.share = share
+        self._clock = clock
+        self.steps_s = 0.0
+        self.previews_s = 0.0
+        self.made = 0
+
+    def maybe(self, step_s: float, make: Callable[[], bytes]) -> bytes | None:
+        """Count a finished step of ``step_s`` seconds; return ``make()`` if the budget
+        allows a preview now, else None."""
+        self.steps_s += step_s
+        if self.previews_s > self.share * self.steps_s:
+            return None
+        t0 = self._clock()
+        out = make()
+        self.previews_s += self._clock() - t0
+        self.made += 1
+        return out

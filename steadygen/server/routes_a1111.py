@@ -63,7 +63,7 @@ def router(service: Service, live_previews: bool = True) -> APIRouter:
         info = _info(req, service.model_name, job)
         return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
 
-    @api.get("/sdapi/v1/progress")
+    @api.get("/sdapi/v1/progress", responses=error_responses(400, 401))
     async def progress(
         skip_current_image: bool = Query(False, description="leave current_image out"),
     ) -> dict[str, Any]:

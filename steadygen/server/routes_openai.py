@@ -90,7 +90,8 @@ def router(service: Service) -> APIRouter:
                 "output_format": fmt, "size": req.size}
 
     @api.get("/v1/images/files/{job_id}/{index}.{fmt}", response_class=Response, responses={
-        **stream_response("image/*", "The image in the format its name ends with."),
+        200: {"description": "The image in the format its name ends with.",
+              "content": {media: {} for media in image_formats.MEDIA_TYPES.values()}},
         **error_responses(400, 401, 404)})
     async def image_file(job_id: str, index: int, fmt: str,
                          compression: int | None = Query(None, ge=0, le=100)) -> Response:
