@@ -86,17 +86,20 @@ def test_stream_without_partials_sends_each_image_completed(client: openai.OpenA
 def test_stream_with_partial_images_sends_previews_then_the_image(
     client: openai.OpenAI,
 ) -> None:
-    events = _stream(client, partial_images=2, output_format="jpeg",
-                     extra_body={"seed": 22, "steps": 6})
+    # 512x512: tiny-model steps long enough that the 2 % preview budget allows most steps
+    stream = client.images.generate(prompt=PROMPT, size="512x512", stream=True,
+                                    partial_images=2, output_format="jpeg",
+                                    extra_body={"seed": 22, "steps": 8})
+    events = list(stream)
     kinds = [e.type for e in events]
     assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
     partials = events[:2]
     assert [p.partial_image_index for p in partials] == [0, 1]
     for p in partials:
-        preview = _image(p.b64_json, "JPEG")
-        assert preview.size[0] < 256  # a preview of the latents, not the image
+        assert _image(p.b64_json, "JPEG").size == (128, 128)  # the latents' preview
+        assert p.size == "512x512" and p.output_format == "jpeg"
     assert partials[0].b64_json != partials[1].b64_json  # the picture forms
-    assert _image(events[-1].b64_json, "JPEG").size == (256, 256)
+    assert _image(events[-1].b64_json, "JPEG").size == (512, 512)
 
 
 def test_stream_of_an_invalid_request_is_a_plain_400(client: openai.OpenAI) -> None:

@@ -31,7 +31,11 @@ def test_step_events_carry_a_preview_only_when_asked(main_server: ServerProc) ->
     with_preview = main_server.submit(**JOB, preview=True)
     steps = _steps(main_server, with_preview["id"])
     assert [s["step"] for s in steps] == [1, 2, 3]
-    previews = [Image.open(io.BytesIO(base64.b64decode(s["preview"]))) for s in steps]
+    # the first step always has one; later ones as the 2 % budget allows (tiny steps are
+    # a few ms, so some may go without)
+    assert "preview" in steps[0]
+    previews = [Image.open(io.BytesIO(base64.b64decode(s["preview"])))
+                for s in steps if "preview" in s]
     assert {(p.format, p.size) for p in previews} == {("JPEG", (256 // 8 * 2, 320 // 8 * 2))}
     assert with_preview["request"]["preview"] is True
 
