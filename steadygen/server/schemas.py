@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class JobCreate(BaseModel):
@@ -27,8 +27,8 @@ class JobCreate(BaseModel):
     n: int | None = Field(None, description="Images, 1 to 4.")
     model: str | None = None
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
-    preview: bool = Field(False, description="Send a live preview (base64 JPEG) with each "
-                                             "step event.")
+    preview: StrictBool = Field(False, description="Send a live preview (base64 JPEG) "
+                                                   "with step events.")
 
 
 class OpenAIImageRequest(BaseModel):
