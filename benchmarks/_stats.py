@@ -12,6 +12,7 @@ side by side in one run, interleaved (ABAB...), because machines are often share
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,8 +21,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = REPO / "docs" / "figures"
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -138,8 +143,29 @@ def machine_info() -> dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command that produced the figures, to print and store beside them."""
-    return " ".join(["python", *sys.argv])
+    """The command that produced the figures, to print and store beside them (the script's
+    path relative to the repository, as the docs quote it)."""
+    script = Path(sys.argv[0])
+    with contextlib.suppress(ValueError):
+        script = script.resolve().relative_to(REPO)
+    return " ".join(["python", str(script), *sys.argv[1:]])
+
+
+def figures_path(name: str) -> Path:
+    """Where a benchmark writes its figures by default: docs/figures/<name>.json, which
+    benchmarks/render_docs.py turns into the tables in docs/."""
+    return FIGURES / f"{name}.json"
+
+
+def package_versions(*names: str) -> dict[str, str | None]:
+    """Installed versions of these distributions (None when missing), without importing them."""
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
@@ -147,6 +173,20 @@ def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def write_figures(path: str | Path, name: str, payload: Mapping[str, Any]) -> Path:
+    """Write a benchmark's figures with what render_docs.py needs beside them: the
+    benchmark's name, the command line, the machine and the library versions."""
+    full = {
+        **payload,
+        "benchmark": name,
+        "command": command_line(),
+        "machine": {**machine_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+    }
+    full["versions"] = {**package_versions("steadygen", "torch", "diffusers", "transformers"),
+                        **payload.get("versions", {})}
+    return write_json(path, full)
 
 
 def ms(seconds: float) -> str:

@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads per server process (OMP_NUM_THREADS); 0 keeps "
                    "torch's default")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--json", type=Path, default=_stats.figures_path("concurrency"),
+                   help="where to write the figures (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -132,20 +133,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{_stats.ms(f['service_p99_s']):>10} {f['service_p99_over_p50']:>8.2f} "
               f"{_stats.ms(f['latency_p50_s']):>10} {_stats.ms(f['latency_p99_s']):>10} "
               f"{f['throughput_jobs_s']:>7.2f}")
-    if args.json:
-        payload = {
-            "benchmark": "concurrency",
-            "command": _stats.command_line(),
-            "params": {"clients": CLIENTS, "jobs_per_client": args.jobs, "size": args.size,
-                       "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
-                       "torch_threads_per_server": args.threads or "default",
-                       "model": "zimage-tiny", "device": "cpu"},
-            "machine": _stats.machine_info(),
-            "versions": {"steadygen": __version__},
-            "figures": figures,
-            "rounds": rounds,
-        }
-        print(f"  wrote {_stats.write_json(args.json, payload)}")
+    payload = {
+        "benchmark": "concurrency",
+        "command": _stats.command_line(),
+        "params": {"clients": CLIENTS, "jobs_per_client": args.jobs, "size": args.size,
+                   "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
+                   "torch_threads_per_server": args.threads or "default",
+                   "model": "zimage-tiny", "device": "cpu"},
+        "machine": _stats.machine_info(),
+        "versions": {"steadygen": __version__},
+        "figures": figures,
+        "rounds": rounds,
+    }
+    written = _stats.write_figures(args.json, "concurrency", payload)
+    print(f"  wrote {written}")
     return 0
 
 

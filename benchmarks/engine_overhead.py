@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="wall: perf_counter; cpu: this process's CPU time, steadier on a busy machine",
     )
     p.add_argument("--cache-dir", type=Path, help="where the tiny checkpoint is built")
-    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--json", type=Path, default=_stats.figures_path("engine_overhead"),
+                   help="where to write the figures (default: %(default)s)")
     args = p.parse_args(argv)
     if args.pairs < 10:
         p.error("--pairs must be at least 10 for a median worth reporting")
@@ -155,35 +156,35 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
     print(f"  engine/plain {ratio:.3f}: {verdict} the target of {TARGET_RATIO}")
 
-    if args.json:
-        payload = {
-            "benchmark": "engine_overhead",
-            "command": _stats.command_line(),
-            "params": {
-                "size": args.size,
-                "steps": args.steps,
-                "pairs": args.pairs,
-                "warmup": args.warmup,
-                "torch_threads": torch.get_num_threads(),
-                "clock": args.clock,
-                "device": "cpu",
-                "model": TINY,
-            },
-            "machine": _stats.machine_info(),
-            "versions": {
-                "steadygen": __version__,
-                "torch": torch.__version__,
-                "diffusers": diffusers.__version__,
-                "transformers": transformers.__version__,
-            },
-            "same_image_as_plain": same,
-            "summary": summary,
-            "engine_phase_medians_s": phase_medians,
-            "target_ratio": TARGET_RATIO,
-            "meets_target": ratio <= TARGET_RATIO,
-            "times_s": times,
-        }
-        print(f"  wrote {_stats.write_json(args.json, payload)}")
+    payload = {
+        "benchmark": "engine_overhead",
+        "command": _stats.command_line(),
+        "params": {
+            "size": args.size,
+            "steps": args.steps,
+            "pairs": args.pairs,
+            "warmup": args.warmup,
+            "torch_threads": torch.get_num_threads(),
+            "clock": args.clock,
+            "device": "cpu",
+            "model": TINY,
+        },
+        "machine": _stats.machine_info(),
+        "versions": {
+            "steadygen": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        },
+        "same_image_as_plain": same,
+        "summary": summary,
+        "engine_phase_medians_s": phase_medians,
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio <= TARGET_RATIO,
+        "times_s": times,
+    }
+    written = _stats.write_figures(args.json, "engine_overhead", payload)
+    print(f"  wrote {written}")
     return 0
 
 

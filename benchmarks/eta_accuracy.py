@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads per server process (OMP_NUM_THREADS); 0 keeps "
                    "torch's default")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--json", type=Path, default=_stats.figures_path("eta_accuracy"),
+                   help="where to write the figures (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -103,20 +104,20 @@ def main(argv: list[str] | None = None) -> int:
                      (f"last {args.burst_size - half} of each burst", back)):
         print(f"  {label:<26} {f['jobs']:>4.0f} {f['abs_rel_error_median']:>10.1%} "
               f"{f['abs_rel_error_p90']:>10.1%} {f['rel_error_median']:>+9.1%}")
-    if args.json:
-        payload = {
-            "benchmark": "eta_accuracy",
-            "command": _stats.command_line(),
-            "params": {"bursts": args.bursts, "burst_size": args.burst_size,
-                       "seed": args.seed, "sizes": [f"{w}x{h}" for w, h in SIZES],
-                       "steps": list(STEPS), "torch_threads": args.threads or "default",
-                       "model": "zimage-tiny", "device": "cpu"},
-            "machine": _stats.machine_info(),
-            "versions": {"steadygen": __version__},
-            "overall": overall, "first_half": front, "second_half": back,
-            "jobs": rows,
-        }
-        print(f"  wrote {_stats.write_json(args.json, payload)}")
+    payload = {
+        "benchmark": "eta_accuracy",
+        "command": _stats.command_line(),
+        "params": {"bursts": args.bursts, "burst_size": args.burst_size,
+                   "seed": args.seed, "sizes": [f"{w}x{h}" for w, h in SIZES],
+                   "steps": list(STEPS), "torch_threads": args.threads or "default",
+                   "model": "zimage-tiny", "device": "cpu"},
+        "machine": _stats.machine_info(),
+        "versions": {"steadygen": __version__},
+        "overall": overall, "first_half": front, "second_half": back,
+        "jobs": rows,
+    }
+    written = _stats.write_figures(args.json, "eta_accuracy", payload)
+    print(f"  wrote {written}")
     return 0
 
 

@@ -19,7 +19,7 @@ process share the machine's cores and take turns, so neither generates while the
 the server, the queue, and the rest. Both sides use one torch thread by default
 (``--threads``). Target: overhead at most 3 % or 10 ms, whichever is larger.
 
-    python benchmarks/http_overhead.py --pairs 20 --json docs/figures/http_overhead.json
+    python benchmarks/http_overhead.py --pairs 40 --json docs/figures/http_overhead.json
 
 ``ServerProcess`` and ``follow_job`` here are shared with concurrency.py and eta_accuracy.py.
 """
@@ -139,7 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "threads spin against each other and swamp the figures with noise")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                    help="where the tiny checkpoint is built (shared by both sides)")
-    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--json", type=Path, default=_stats.figures_path("http_overhead"),
+                   help="where to write the figures (default: %(default)s)")
     args = p.parse_args(argv)
     if args.pairs < 10:
         p.error("--pairs must be at least 10 for a median worth reporting")
@@ -269,27 +270,27 @@ def main(argv: list[str] | None = None) -> int:
         word = "meets" if v["meets_target"] else "MISSES"
         print(f"  {name}: overhead {_stats.ms(v['overhead_s_median_of_differences'])} "
               f"{word} the target of {_stats.ms(allowed_s)} (max of 3 % and 10 ms)")
-    if args.json:
-        payload = {
-            "benchmark": "http_overhead",
-            "command": _stats.command_line(),
-            "params": {"size": args.size, "steps": args.steps, "seed": args.seed,
-                       "pairs": args.pairs, "warmup": args.warmup, "model": TINY,
-                       "device": "cpu", "torch_threads": torch.get_num_threads(),
-                       "server_flags": "defaults (sampler on); jobs-nosampler: "
-                                       "--sampler-hz 0"},
-            "machine": _stats.machine_info(),
-            "versions": {"steadygen": __version__, "torch": torch.__version__,
-                         "httpx": httpx.__version__},
-            "summary": summary,
-            "target_s": allowed_s,
-            "verdicts": verdicts,
-            "jobs_split_s": split,
-            "jobs_server_side_s": inside,
-            "direct_cpu_s": direct_cpu,
-            "times_s": times,
-        }
-        print(f"  wrote {_stats.write_json(args.json, payload)}")
+    payload = {
+        "benchmark": "http_overhead",
+        "command": _stats.command_line(),
+        "params": {"size": args.size, "steps": args.steps, "seed": args.seed,
+                   "pairs": args.pairs, "warmup": args.warmup, "model": TINY,
+                   "device": "cpu", "torch_threads": torch.get_num_threads(),
+                   "server_flags": "defaults (sampler on); jobs-nosampler: "
+                                   "--sampler-hz 0"},
+        "machine": _stats.machine_info(),
+        "versions": {"steadygen": __version__, "torch": torch.__version__,
+                     "httpx": httpx.__version__},
+        "summary": summary,
+        "target_s": allowed_s,
+        "verdicts": verdicts,
+        "jobs_split_s": split,
+        "jobs_server_side_s": inside,
+        "direct_cpu_s": direct_cpu,
+        "times_s": times,
+    }
+    written = _stats.write_figures(args.json, "http_overhead", payload)
+    print(f"  wrote {written}")
     return 0
 
 

@@ -17,8 +17,7 @@ together). Figures are medians over the timed rounds, warm-up rounds excluded:
   loop slowdown   median per-round ratio of the loop's time per step, to "off".
 Previews off cost nothing by construction (no call is made).
 
-    python benchmarks/preview_overhead.py --pairs 20 --sizes 256x256,512x512 \
-        --json docs/figures/preview_overhead.json
+    python benchmarks/preview_overhead.py --pairs 20 --sizes 256x256,512x512
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--cache-dir", type=Path, help="where the tiny checkpoint is built")
-    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--json", type=Path, default=_stats.figures_path("preview_overhead"),
+                   help="write the figures here")
     args = p.parse_args(argv)
     if args.pairs < 10:
         p.error("--pairs must be at least 10 for a median worth reporting")
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             "params": {"sizes": args.sizes, "steps": args.steps, "pairs": args.pairs,
                        "warmup": args.warmup, "torch_threads": torch.get_num_threads(),
                        "device": "cpu", "model": TINY},
-            "machine": _stats.machine_info(),
+            "machine": {**_stats.machine_info(),
+                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
             "versions": {"steadygen": __version__, "torch": torch.__version__,
                          "diffusers": diffusers.__version__},
             "target_cost_per_step": TARGET_COST,

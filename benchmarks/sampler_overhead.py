@@ -6,22 +6,24 @@
 2. Generation (needs ``steadygen.engine.engine``): the tiny model on the CPU, sampler off /
    10 Hz / 50 Hz interleaved (ABC ABC ..., warm-up excluded); medians and ratios to "off".
 
-    python benchmarks/sampler_overhead.py --pairs 8 --size 256x256 --json out.json
+    python benchmarks/sampler_overhead.py --seconds 10 --pairs 30 --steps 8 --size 256x256
+
+writes docs/figures/sampler_overhead.json (``--json`` elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import _stats
 
 from steadygen.telemetry import Sampler
 
@@ -132,15 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="OMP_NUM_THREADS for the CPU engine, unless already set (default "
                              "1: torch's spinning workers make a shared CPU very noisy)")
-    parser.add_argument("--json", dest="json_out", type=Path, help="write the figures here")
+    parser.add_argument("--json", dest="json_out", type=Path,
+                        default=_stats.figures_path("sampler_overhead"),
+                        help="where to write the figures (default: %(default)s)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.torch_threads))  # before torch loads
 
     result: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/sampler_overhead.py", *sys.argv[1:]]),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count(),
-                    "omp_num_threads": os.environ["OMP_NUM_THREADS"]},
+        "params": {"seconds": args.seconds, "rates_hz": list(RATES_HZ), "pairs": args.pairs,
+                   "size": args.size, "steps": args.steps, "warmup": args.warmup,
+                   "model": "zimage-tiny", "device": "cpu"},
         "sampler_cpu": [sampler_cpu(r, args.seconds) for r in RATES_HZ],
     }
     logging.getLogger("steadygen.telemetry").setLevel(logging.ERROR)  # said once already
@@ -162,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label:>8} {med:>9.4f} {gen['ratio_to_off'][label]:>7.4f} "
                       f"{gen['paired_ratio_median'][label]:>13.4f} "
                       f"{gen['median_engine_cpu_s'][label]:>13.4f}")
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {_stats.write_figures(args.json_out, 'sampler_overhead', result)}")
     return 0
 
 

@@ -8,7 +8,7 @@ process is sampled, with one ``/healthz`` round trip. Growth is judged by window
 median of the early window (after the first 10 % of jobs, which pay one-time costs) against
 the median of the last 10 %. A leak of even a few kilobytes per job shows over 1000 jobs.
 
-    python benchmarks/soak.py --jobs 1000 --json docs/figures/soak.json
+    python benchmarks/soak.py --jobs 4000 --json docs/figures/soak.json
     python benchmarks/soak.py --url http://127.0.0.1:7860 --pid 12345 --jobs 200
 
 Without ``--url`` it starts its own ``steadygen serve`` on the tiny model (CPU), with 64x64
@@ -19,7 +19,6 @@ file's function) for 100 jobs in the default suite and 1000 under ``-m slow``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -169,7 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pid", type=int, help="the server's process id, with --url")
     p.add_argument("--api-key", help="for --url")
     p.add_argument("--cache-dir", type=Path, help="where the tiny checkpoint is built")
-    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--json", type=Path, help="where to write the figures (default: "
+                   "docs/figures/soak.json, or none with --url)")
     args = p.parse_args(argv)
     if args.url and not args.pid:
         p.error("--url needs --pid: RSS, descriptors and threads are read from the process")
@@ -201,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['fds_early']:.0f} -> {result['fds_late']:.0f}; threads "
           f"{result['threads_early']:.0f} -> {result['threads_late']:.0f}; "
           f"/healthz max {result['healthz_max_s'] * 1000:.1f} ms")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    import _stats
+
+    out = args.json or (None if args.url else _stats.figures_path("soak"))
+    if out is not None:
+        result["params"] = {"jobs": args.jobs, "every": args.every,
+                            "server": args.url or "its own: tiny model, CPU, 64x64 jobs"}
+        print(f"wrote {_stats.write_figures(out, 'soak', result)}")
     return 0
 
 

@@ -12,9 +12,10 @@ ratio within each (1, 2) pair is printed too, with the CPU pressure (PSI) around
 per job (medians over rounds of the means) the service time, the worker's CPU time and the
 time it waited for a CPU, from each job's own telemetry window.
 
-    python benchmarks/workers_throughput.py --jobs 60 --pairs 5
+    python benchmarks/workers_throughput.py --jobs 40 --pairs 10
 
-Prints a Markdown block for docs/benchmarks.md (and appends it there with --record).
+writes docs/figures/workers_throughput.json (``--json`` elsewhere), which
+benchmarks/render_docs.py turns into the table in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _stats
+
 from steadygen.queue.job import Job, JobState
-from steadygen.queue.redis_queue import RedisQueue
+from steadygen.queue.redis.queue import RedisQueue
 from steadygen.request import GenerationRequest
 
 STREAMS = {1: "bench:solo", 2: "bench:duo"}  # workers -> the stream they consume
@@ -153,7 +156,8 @@ def main() -> int:
                     help="workers' telemetry sampling (default 0: off)")
     ap.add_argument("--appendfsync", choices=("always", "everysec"), default="always",
                     help="Redis fsync policy (default always, as in deploy/k8s)")
-    ap.add_argument("--record", type=Path, help="append the Markdown block to this file")
+    ap.add_argument("--json", type=Path, default=_stats.figures_path("workers_throughput"),
+                    help="where to write the figures (default: %(default)s)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="steadygen-bench-"))
@@ -194,40 +198,24 @@ def main() -> int:
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     pairs = [b / a for a, b in zip(rates[1], rates[2], strict=True)]  # side by side in time
     quiet = [r for r, p in zip(pairs, pressure, strict=True) if p < QUIET]
-    cmd = "python benchmarks/workers_throughput.py " + " ".join(sys.argv[1:])
-    block = "\n".join([
-        "## Redis queue: throughput with 1 and 2 workers",
-        "",
-        f"`{cmd.strip()}` on {os.cpu_count()} CPU cores (load average before: "
-        f"{load_before[0]:.1f}), tiny model {args.size}x{args.size}, {args.steps} steps, "
-        f"one torch thread per worker, {args.jobs} jobs per round, {args.pairs} pairs of "
-        "rounds (1 worker, then 2 workers), Redis append-only with fsync "
-        f"{args.appendfsync}, telemetry "
-        f"sampler {'off' if not args.sampler_hz else f'{args.sampler_hz:g} Hz'}.",
-        "",
-        "| workers | jobs/s per round | median | per job: service | worker CPU | "
-        "waiting for a CPU |",
-        "|---|---|---|---|---|---|",
-        *(f"| {k} | {', '.join(f'{r:.2f}' for r in rates[k])} | "
-          f"{statistics.median(rates[k]):.2f} | {per_job[k]['service_s'] * 1000:.0f} ms | "
-          f"{per_job[k]['cpu_s'] * 1000:.0f} ms | {per_job[k]['run_delay_s'] * 1000:.0f} ms |"
-          for k in (1, 2)),
-        "",
-        f"Ratio 2 / 1 workers: **{two / one:.2f}** (medians); within each pair "
-        f"{', '.join(f'{r:.2f}' for r in pairs)}, median {statistics.median(pairs):.2f} "
-        "(target: at least 1.7). CPU pressure during each pair (PSI 'some': share of the "
-        f"time a task waited for a CPU): {', '.join(f'{p:.0%}' for p in pressure)}.",
-        "",
-        f"Pairs run while the CPUs were free of other work (pressure below {QUIET:.0%}): "
-        + (f"ratio {', '.join(f'{r:.2f}' for r in quiet)}, median "
-           f"{statistics.median(quiet):.2f}." if quiet else "none."),
-        "",
-    ])
-    print()
-    print(block)
-    if args.record:
-        with open(args.record, "a") as fh:
-            fh.write("\n" + block)
+    print(f"\nratio 2 / 1 workers: {two / one:.2f} (medians {one:.2f} and {two:.2f} jobs/s); "
+          f"within each pair {', '.join(f'{r:.2f}' for r in pairs)}; pairs below "
+          f"{QUIET:.0%} CPU pressure: {len(quiet)}")
+    payload = {
+        "params": {"jobs": args.jobs, "pairs": args.pairs, "warmup": args.warmup,
+                   "size": args.size, "steps": args.steps, "sampler_hz": args.sampler_hz,
+                   "appendfsync": args.appendfsync, "torch_threads_per_worker": 1,
+                   "model": "zimage-tiny", "device": "cpu", "quiet_pressure": QUIET},
+        "load_before_1m": load_before[0],
+        "rates_jobs_s": {str(k): v for k, v in rates.items()},
+        "median_jobs_s": {"1": one, "2": two},
+        "per_job_s": {str(k): v for k, v in per_job.items()},
+        "ratio_of_medians": two / one,
+        "pair_ratios": pairs,
+        "pair_cpu_pressure": pressure,
+        "quiet_pair_ratios": quiet,
+    }
+    print(f"wrote {_stats.write_figures(args.json, 'workers_throughput', payload)}")
     return 0
 
 

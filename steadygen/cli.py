@@ -46,6 +46,9 @@ def edge_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc), 2)
         except SteadygenError as exc:
             _fail(str(exc), 1)
+        except OSError as exc:  # a directory, a file or a port the command cannot use
+            where = f" ({exc.filename})" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}", 1)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
 
@@ -183,8 +186,8 @@ def monitor(ctx: click.Context, interval: float, once: bool, as_json: bool) -> N
 @click.option("--device", help="cuda:N or cpu (default: cuda:0 when present).")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="The data directory shared with the API (images go there).")
-@click.option("--metrics-port", type=int, help="This worker's /metrics port (default 9400; "
-              "0 picks a free one).")
+@click.option("--metrics-port", type=int, help="This worker's /metrics port (default 9400 + "
+              "the GPU index, so workers on one host do not collide; 0 picks a free one).")
 @click.option("--cpu-threads", type=int, help="CPU threads for torch (sets OMP_NUM_THREADS); "
               "use 1 when several workers share a CPU.")
 @click.option("--sampler-hz", type=float, help="Telemetry samples per second (0 = off).")

@@ -1,18 +1,26 @@
-"""Build the capabilities from the one settings object: the engine, the telemetry sampler
-and the attribution function. ``generate``, ``serve`` and ``worker`` compose the same way."""
+"""Build the capabilities from the one settings object: the engine, the telemetry sampler,
+the attribution function, and what a job worker runs jobs with. ``generate``, ``serve``
+and ``worker`` compose the same way."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from steadygen.config import Settings
+from steadygen.request import parse_size
+
+if TYPE_CHECKING:
+    from steadygen.analysis.baseline import Baselines
+    from steadygen.engine.engine import Engine
+    from steadygen.queue.contract import JobQueue
+    from steadygen.queue.runner import Diagnoser, RunContext
+    from steadygen.telemetry.sampler import Sampler
 
 log = logging.getLogger("steadygen.attribution")
 
 
-def build_engine(settings: Settings) -> Any:
+def build_engine(settings: Settings) -> Engine:
     from steadygen.engine.engine import Engine
     from steadygen.engine.speed import EngineOptions
 
@@ -32,7 +40,12 @@ def build_engine(settings: Settings) -> Any:
     )
 
 
-def build_sampler(settings: Settings, device: str) -> Any:
+def gpu_index(device: str) -> int:
+    """'cuda:1' -> 1; 0 for 'cuda' and for the CPU."""
+    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+
+
+def build_sampler(settings: Settings, device: str) -> Sampler:
     """A sampler for ``device`` (its GPU only, when it is one) with the alert thresholds;
     not started. ``sampler_hz`` 0 gives one that only reads counters at job edges."""
     from steadygen.telemetry.alerts import Alerts, AlertThresholds
@@ -41,18 +54,47 @@ def build_sampler(settings: Settings, device: str) -> Any:
     alerts = Alerts(
         AlertThresholds(temp_c=settings.temp_alert_c, fragmentation=settings.fragmentation_alert)
     )
-    index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
     interval = 1.0 / settings.sampler_hz if settings.sampler_hz > 0 else 0.0
     return Sampler(
         interval_s=interval,
-        gpu_indices=[index] if device.startswith("cuda") else None,
+        gpu_indices=[gpu_index(device)] if device.startswith("cuda") else None,
         alerts=alerts,
         enable_gpu=True,
     )
 
 
-def build_diagnoser(settings: Settings, sampler: Any = None) -> Callable[..., Any]:
+def build_diagnoser(settings: Settings, sampler: Sampler | None = None) -> Diagnoser:
     """Attribution after each job; slow jobs get one warning line each."""
     from steadygen.analysis.attribute import make_diagnoser
 
     return make_diagnoser(settings.slow_margin, sampler=sampler, on_slow=log.warning)
+
+
+def warmup_sizes(settings: Settings, engine: Engine) -> list[tuple[int, int]]:
+    if not settings.warmup_sizes:
+        return [(engine.spec.default_side, engine.spec.default_side)]
+    return [parse_size(s, field="warmup_sizes") for s in settings.warmup_sizes]
+
+
+def rebuild_baselines(queue: JobQueue, engine: Engine, limit: int = 1000) -> Baselines:
+    """Baselines persist with the jobs: replay the recent history into them."""
+    from steadygen.analysis.baseline import Baselines
+    from steadygen.queue.runner import shape_key
+
+    baselines = Baselines()
+    for job in queue.recent_succeeded(limit):
+        result = job.result or {}
+        shape, timings = result.get("shape"), result.get("timings")
+        if shape and timings:
+            key = shape_key(engine, job.request)
+            if key.to_dict() == shape:
+                baselines.add(key, timings, result.get("signals"))
+    return baselines
+
+
+def build_context(settings: Settings, engine: Engine, baselines: Baselines,
+                  sampler: Sampler | None, diagnose: Diagnoser | None) -> RunContext:
+    from steadygen.queue.runner import RunContext
+
+    return RunContext(engine=engine, images_dir=settings.images_dir, baselines=baselines,
+                      sampler=sampler, diagnose=diagnose)

@@ -81,7 +81,7 @@ class Settings:
     group: str = "steadygen-workers"
     visibility_timeout_s: float = 120.0
     max_attempts: int = 3
-    metrics_port: int = 9400  # a worker's own /metrics
+    metrics_port: int | None = None  # a worker's own /metrics; None: 9400 + the GPU index
     limits: Limits = field(default_factory=Limits)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -206,5 +206,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             f"queue must be a Redis URL such as redis://127.0.0.1:6379/0 (got {s.queue_url!r})"
         )
+    if s.metrics_port is not None and not 0 <= s.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port must be 0 (any free port) to 65535 "
+                          f"(got {s.metrics_port})")
     if s.max_attempts < 1:
         raise ConfigError(f"max_attempts must be at least 1 (got {s.max_attempts})")

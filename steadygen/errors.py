@@ -14,6 +14,7 @@
     │   ├── JobNotFound         no job with that id (HTTP 404)
     │   └── QueueUnavailable    the queue backend (Redis) cannot be reached
     └── StorageError            the data directory or database cannot be written
+        └── StorageBusy         another process holds the database's lock; retry soon
 """
 
 from __future__ import annotations
@@ -97,4 +98,8 @@ class QueueUnavailable(QueueError):
 
 
 class StorageError(SteadygenError):
+    pass
+
+
+class StorageBusy(StorageError):
     pass

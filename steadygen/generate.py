@@ -101,7 +101,7 @@ def run_generate(settings: Settings, prompt: str, **opts: Any) -> int:
 
         def on_step(p: Any) -> None:
             rate = 1.0 / p.step_s if p.step_s > 0 else 0.0
-            bar.update(task, completed=p.step, rate=rate, eta=p.eta_s)
+            bar.update(task, completed=p.step, rate=rate, eta=p.remaining_s())
 
         sampler = build_sampler(settings, engine.device)
         sampler.start()
@@ -121,7 +121,7 @@ def run_generate(settings: Settings, prompt: str, **opts: Any) -> int:
             "model": result.model,
             "device": result.device,
             "notes": result.notes,
-            "timings": {k: v for k, v in t.to_dict().items() if k not in ("marks", "step_ends")},
+            "timings": t.public(),
             "telemetry": window.summary(),
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")

@@ -1,57 +1,45 @@
-"""``steadygen serve``: compose the engine, telemetry, job store, queue and HTTP app, then run.
+"""``steadygen serve``: compose the queue, the job workers and the HTTP app, then run.
 
-The server answers /healthz at once; the model loads and warms up in the background and
-/readyz turns ready when it is done. Jobs accepted meanwhile wait in the queue.
+Two compositions:
+
+- ``LocalServer``: the model in this process; jobs in SQLite, run by one job worker
+  thread per engine (``--concurrency``). /healthz answers at once; the model loads and
+  warms up in the background and /readyz turns ready when it is done. Jobs accepted
+  meanwhile wait in the queue.
+- ``ApiOnlyServer`` (``--queue redis://...``): the HTTP API without a model. Jobs go to a
+  Redis stream and ``steadygen worker`` processes run them on the GPUs.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
-from steadygen.analysis.baseline import Baselines
-from steadygen.compose import build_diagnoser, build_engine, build_sampler
+from steadygen.compose import (
+    build_context,
+    build_diagnoser,
+    build_engine,
+    build_sampler,
+    rebuild_baselines,
+    warmup_sizes,
+)
 from steadygen.config import Settings
 from steadygen.engine.engine import Engine
-from steadygen.errors import ConfigError, SteadygenError
+from steadygen.errors import SteadygenError
+from steadygen.faults import TEST_FAULT_ENV, InjectedFault
 from steadygen.queue.events import EventHub
-from steadygen.queue.local import LocalQueue
-from steadygen.queue.runner import RunContext, shape_key
-from steadygen.queue.store import JobStore
-from steadygen.request import parse_size
-from steadygen.server.metrics import Metrics
-from steadygen.server.service import Service
+from steadygen.queue.sqlite.queue import SQLiteQueue
+from steadygen.queue.sqlite.store import JobStore
+from steadygen.queue.worker import JobWorker
+from steadygen.server.metrics import Metrics, SubscriberCollector
+from steadygen.server.service import Readiness, Service
 
 log = logging.getLogger("steadygen.serve")
 
 
-def warmup_sizes(settings: Settings, engine: Engine) -> list[tuple[int, int]]:
-    if not settings.warmup_sizes:
-        return [(engine.spec.default_side, engine.spec.default_side)]
-    return [parse_size(s, field="warmup_sizes") for s in settings.warmup_sizes]
-
-
-def rebuild_baselines(store: JobStore, engine: Engine, limit: int = 1000) -> Baselines:
-    """Baselines persist with the jobs: replay the recent history into them."""
-    baselines = Baselines()
-    for job in store.recent_succeeded(limit):
-        shape = (job.result or {}).get("shape")
-        timings = (job.result or {}).get("timings")
-        if shape and timings:
-            key = shape_key(engine, job.request)
-            if key.to_dict() == shape:
-                baselines.add(key, timings, (job.result or {}).get("signals"))
-    return baselines
-
-
-class Server:
+class LocalServer:
     """Everything one ``serve`` process runs, with a start and a stop."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None):
@@ -61,22 +49,19 @@ class Server:
         self.store = JobStore(settings.db_path)
         self.sampler = build_sampler(settings, self.engine.device)
         self.metrics = Metrics()
-        self.baselines = rebuild_baselines(self.store, self.engine)
         self.hub = EventHub()
         self.metrics.registry.register(SubscriberCollector(self.hub))
         self.fault = InjectedFault.from_env()  # a test hook; None unless the variable is set
-        self.diagnose: Callable[..., Any] | None = build_diagnoser(settings, self.sampler)
-        self.contexts = [self._context(self.engine)]
-        self.queue = LocalQueue(
-            self.store,
-            self.contexts,
-            max_queue=settings.max_queue,
-            hub=self.hub,
-            recorder=self.metrics,
+        self.queue = SQLiteQueue(
+            self.store, max_queue=settings.max_queue, max_attempts=settings.max_attempts,
+            workers=settings.concurrency, hub=self.hub, recorder=self.metrics,
             log_prompts=settings.log_prompts,
         )
-        self.state: dict[str, Any] = {"loaded": False, "warm": False, "accepting": True,
-                                      "error": None}
+        self.baselines = rebuild_baselines(self.queue, self.engine)
+        self.diagnose = build_diagnoser(settings, self.sampler)
+        self.workers: list[JobWorker] = []
+        self._threads: list[threading.Thread] = []
+        self.readiness = Readiness()
         self.service = Service(
             queue=self.queue,
             model_name=self.engine.model_name,
@@ -86,13 +71,9 @@ class Server:
             metrics=self.metrics,
             device=self.engine.device,
             sampler=self.sampler,
-            state=lambda: dict(self.state),
+            state=lambda: self.readiness,
         )
         self._starter: threading.Thread | None = None
-
-    def _context(self, engine: Engine) -> RunContext:
-        return RunContext(engine=engine, images_dir=self.settings.images_dir,
-                          baselines=self.baselines, sampler=self.sampler, diagnose=self.diagnose)
 
     def start(self) -> None:
         self.sampler.start()
@@ -103,52 +84,74 @@ class Server:
     def _load_and_start(self) -> None:
         try:
             load_s = self.engine.load()
-            self.state["loaded"] = True
+            self._set(loaded=True)
             sizes = warmup_sizes(self.settings, self.engine) if self.settings.warmup else []
             warm_s = self.engine.warmup(sizes)
-            for _ in range(1, self.settings.concurrency):
-                self.contexts.append(self._context(self.engine.fork()))
+            engines = [self.engine] + [self.engine.fork()
+                                       for _ in range(1, self.settings.concurrency)]
             if self.fault is not None:  # armed after warm-up, so warm-up cannot spend it
-                for ctx in self.contexts:
-                    ctx.engine.fault_hook = self.fault
+                for engine in engines:
+                    engine.fault_hook = self.fault
                 log.warning("test hook %s=%r is armed: jobs will fail on purpose",
                             TEST_FAULT_ENV, self.fault.spec)
             self.queue.start()
-            self.state["warm"] = True
+            for i, engine in enumerate(engines):
+                ctx = build_context(self.settings, engine, self.baselines, self.sampler,
+                                    self.diagnose)
+                worker = JobWorker(self.queue, ctx, f"worker-{i}", recorder=self.metrics)
+                thread = threading.Thread(target=worker.run_forever, daemon=True,
+                                          name=f"steadygen-worker-{i}")
+                self.workers.append(worker)
+                self._threads.append(thread)
+                thread.start()
+            self._set(warm=True)
             log.info("ready: %s on %s (load %.1f s, warm-up %.1f s on %s)",
                      self.engine.model_name, self.engine.device, load_s, warm_s, sizes)
         except (SteadygenError, OSError) as exc:
-            self.state["error"] = str(exc)
+            self._set(error=str(exc))
             log.error("the model could not be loaded: %s", exc)
+
+    def _set(self, **changes: Any) -> None:
+        import dataclasses
+
+        self.readiness = dataclasses.replace(self.readiness, **changes)
 
     def drain(self) -> None:
         """On SIGTERM, at once: no new submissions, no new jobs started."""
-        self.state["accepting"] = False
-        self.queue.drain()
+        self._set(accepting=False)
+        self.queue.stop()
+        for worker in self.workers:
+            worker.request_stop(self.settings.shutdown_grace_s)
 
     def stop(self) -> None:
-        self.state["accepting"] = False
-        self.queue.stop(self.settings.shutdown_grace_s)
+        """Let running jobs finish within the grace period, else hand them back (they run
+        again after the restart); then close the store."""
+        self.drain()
+        for thread in self._threads:
+            thread.join(self.settings.shutdown_grace_s + 10.0)
         self.sampler.stop()
         self.store.close()
 
+    def describe(self) -> str:
+        noise = " (images are noise: random weights)" if self.engine.spec.noise_only else ""
+        return f"model {self.engine.model_name} on {self.engine.device}{noise}"
 
-class RemoteServer:
-    """``serve --queue redis://...``: the HTTP API only. Jobs go to a Redis stream and GPU
-    workers (``steadygen worker``) run them; this process loads no model. The served model
-    is ``settings.model`` when set, else the one the live workers report."""
+
+class ApiOnlyServer:
+    """``serve --queue redis://...``: the HTTP API only, no model. The served model is
+    ``settings.model`` when set, else the one the live workers report."""
 
     def __init__(self, settings: Settings):
         from steadygen.engine.models import TURBO, resolve_model
-        from steadygen.queue.redis_queue import RedisQueue
-        from steadygen.queue.redis_telemetry import WorkerTelemetry
+        from steadygen.queue.redis.queue import RedisQueue
+        from steadygen.queue.redis.telemetry import WorkerTelemetry
 
         self.settings = settings
         settings.images_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.queue = RedisQueue.from_settings(settings, recorder=self.metrics)
+        self.metrics.registry.register(SubscriberCollector(self.queue.hub))
         spec = resolve_model(settings.model or TURBO)
-        self.state: dict[str, Any] = {"accepting": True, "error": None}
         self.service = Service(
             queue=self.queue,
             model_name=spec.name,
@@ -160,20 +163,13 @@ class RemoteServer:
             sampler=WorkerTelemetry(self.queue),  # the workers' latest samples
             state=self._state,
         )
-        self.metrics.registry.register(StreamCollector(self.queue))
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    def queue_description(self) -> str:
-        from steadygen.queue.redis_streams import redact
-
-        return (f"Redis at {redact(self.queue.url)} (stream {self.queue.stream}, "
-                f"group {self.queue.group})")
-
-    def _state(self) -> dict[str, Any]:
+    def _state(self) -> Readiness:
         up = self.queue.healthy(10.0)  # the event reader hears from Redis every second
-        return {**self.state, "loaded": up, "warm": up, "accepting": self.queue.accepting,
-                "error": self.state["error"] if up else "the Redis job queue is unreachable"}
+        return Readiness(loaded=up, warm=up, accepting=self.queue.accepting,
+                         error=None if up else "the Redis job queue is unreachable")
 
     def start(self) -> None:
         self.queue.start()
@@ -206,102 +202,9 @@ class RemoteServer:
         self._stop.set()
         self.queue.stop(self.settings.shutdown_grace_s)
 
-
-TEST_FAULT_ENV = "STEADYGEN_TEST_FAULT"
-
-
-class InjectedFault:
-    """A test hook, not a feature: ``STEADYGEN_TEST_FAULT="KIND@WHERE[*COUNT]"`` makes the
-    engine fail at WHERE (start, encode, step:N, decode, save: ``Engine.fault_hook``'s
-    points) in the first COUNT generations that reach it after warm-up (default 1).
-
-    KIND ``oom`` raises MemoryError("CUDA out of memory (injected)"), which the engine
-    reports as OutOfMemory, while holding 128 MiB of written memory, as a generation that
-    ran out of memory part-way would: if anything kept the failure alive, the server's
-    memory would show it. KIND ``error`` raises RuntimeError("injected fault").
-    Example: ``STEADYGEN_TEST_FAULT=oom@step:50`` (tests/reliability/test_faults.py).
-    """
-
-    KINDS = ("oom", "error")
-    BALLAST_BYTES = 128 << 20
-
-    def __init__(self, spec: str):
-        self.spec = spec
-        kind, _, rest = spec.partition("@")
-        where, _, count = rest.partition("*")
-        if kind not in self.KINDS or not where or (count and not count.isdigit()):
-            raise ConfigError(
-                f"{TEST_FAULT_ENV} must look like KIND@WHERE[*COUNT] with KIND one of "
-                f"{', '.join(self.KINDS)}, e.g. oom@step:2 (got {spec!r})"
-            )
-        self.kind, self.where = kind, where
-        self.remaining = int(count) if count else 1
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_env(cls) -> InjectedFault | None:
-        spec = os.environ.get(TEST_FAULT_ENV)
-        return cls(spec) if spec else None
-
-    def __call__(self, where: str) -> None:
-        if where != self.where:
-            return
-        with self._lock:
-            if self.remaining <= 0:
-                return
-            self.remaining -= 1
-        if self.kind == "error":
-            raise RuntimeError("injected fault")
-        ballast = b"\x01" * self.BALLAST_BYTES  # held by this frame, so by the traceback
-        raise MemoryError(f"CUDA out of memory (injected; {len(ballast)} bytes held)")
-
-
-class SubscriberCollector(Collector):
-    """Open event subscriptions: SSE streams and synchronous requests waiting for a job.
-    It returns to its idle value when clients go away, or subscriptions leak."""
-
-    def __init__(self, hub: EventHub):
-        self.hub = hub
-
-    def describe(self) -> Iterable[Any]:
-        return []
-
-    def collect(self) -> Iterable[Any]:
-        family = GaugeMetricFamily(
-            "steadygen_event_subscribers",
-            "Open job-event subscriptions (SSE streams, requests waiting for a job).",
-        )
-        family.add_metric([], float(self.hub.subscriber_count))
-        yield family
-
-
-class StreamCollector(Collector):
-    """The job stream as the API's /metrics shows it (and KEDA scales on)."""
-
-    def __init__(self, queue: Any):
-        self.queue = queue
-
-    def describe(self) -> Iterable[Any]:
-        return []
-
-    def collect(self) -> Iterable[Any]:
-        try:
-            stats = self.queue.stats()
-        except SteadygenError:
-            return
-        for name, doc, value in (
-            ("steadygen_queue_lag", "Stream entries not yet delivered to any worker "
-             "(XINFO GROUPS lag).", stats.lag),
-            ("steadygen_queue_pending", "Jobs delivered to a worker and not yet "
-             "acknowledged (XPENDING).", stats.pending),
-            ("steadygen_queue_stream_length", "Unacknowledged entries in the job stream "
-             "(XLEN).", stats.length),
-            ("steadygen_workers", "Workers heard from in the last 10 s.", stats.workers),
-        ):
-            if value is not None:
-                family = GaugeMetricFamily(name, doc)
-                family.add_metric([], float(value))
-                yield family
+    def describe(self) -> str:
+        return (f"jobs go to {self.queue.describe()}; run `steadygen worker --queue ...` on "
+                "each GPU")
 
 
 def run_serve(settings: Settings) -> int:
@@ -309,8 +212,8 @@ def run_serve(settings: Settings) -> int:
 
     from steadygen.server.app import build_app
 
-    server: Server | RemoteServer = (
-        RemoteServer(settings) if settings.queue_url else Server(settings)
+    server: LocalServer | ApiOnlyServer = (
+        ApiOnlyServer(settings) if settings.queue_url else LocalServer(settings)
     )
     app = build_app(settings, server.service)
 
@@ -323,13 +226,7 @@ def run_serve(settings: Settings) -> int:
             server.stop()
 
     app.router.lifespan_context = lifespan
-    if isinstance(server, RemoteServer):
-        print(f"steadygen: jobs go to {server.queue_description()}; run `steadygen worker "
-              "--queue ...` on each GPU", flush=True)
-    else:
-        print(f"steadygen: model {server.engine.model_name} on {server.engine.device}"
-              + (" (images are noise: random weights)" if server.engine.spec.noise_only else ""),
-              flush=True)
+    print(f"steadygen: {server.describe()}", flush=True)
     print(f"steadygen: data in {settings.data_dir}", flush=True)
     print(f"steadygen: listening on http://{settings.host}:{settings.port}", flush=True)
     config = uvicorn.Config(

@@ -84,15 +84,15 @@ class InProcessTarget:
     """A full steadygen server stack in this process, without HTTP."""
 
     def __init__(self, settings: Settings):
-        from steadygen.serve import Server  # the composition the real server uses
+        from steadygen.serve import LocalServer  # the composition the real server uses
 
         self.settings = settings
-        self.server = Server(settings)
+        self.server = LocalServer(settings)
         self.server.start()
         deadline = time.monotonic() + 1800
-        while not self.server.state.get("warm"):
-            if self.server.state.get("error"):
-                raise ConfigError(f"the model could not start: {self.server.state['error']}")
+        while not self.server.readiness.warm:
+            if self.server.readiness.error:
+                raise ConfigError(f"the model could not start: {self.server.readiness.error}")
             if time.monotonic() > deadline:
                 raise ConfigError("the model did not become ready within 30 minutes")
             time.sleep(0.05)

@@ -37,9 +37,17 @@ class StepProgress:
     total: int
     step_s: float  # host-side length of this step
     elapsed_s: float  # since the job entered the engine
-    eta_s: float  # remaining seconds, from this job's own steps so far and the decode estimate
+    denoise_elapsed_s: float  # since the first step started (callbacks included)
     # the latents after this step (a reference, not a copy), for live previews
     latents: Any = field(default=None, repr=False, compare=False)
+
+    def remaining_s(self, tail_s: float | None = None) -> float:
+        """Seconds until the job ends: this job's own mean step (as the wall clock saw it)
+        for each step left, plus ``tail_s`` for decode and save (half a step when unknown).
+        The one in-run ETA formula; the queue adds the wait ahead of a job."""
+        mean_step_s = self.denoise_elapsed_s / self.step if self.step else self.step_s
+        tail = tail_s if tail_s is not None else 0.5 * mean_step_s
+        return max(0.0, (self.total - self.step) * mean_step_s + tail)
 
 
 @dataclass
@@ -366,11 +374,9 @@ class Engine:
             clock.end()
             self._fault(f"step:{i + 1}")
             if on_step is not None:
-                elapsed = time.monotonic() - t_start
-                step_s = clock.host_step_s()
-                avg = (time.monotonic() - (clock.first_start or t_start)) / clock.completed
-                remaining = (req.steps - clock.completed) * avg + step_s * 0.5
-                on_step(StepProgress(i + 1, req.steps, step_s, elapsed, max(0.0, remaining),
+                now = time.monotonic()
+                on_step(StepProgress(i + 1, req.steps, clock.host_step_s(), now - t_start,
+                                     now - (clock.first_start or t_start),
                                      latents=kwargs.get("latents")))
             if cancel is not None and cancel.is_set() and i + 1 < req.steps:
                 raise Cancelled(at_step=i + 1)
@@ -515,7 +521,7 @@ class Engine:
             "index": index,
             "model": self.spec.name,
             "device": self.device,
-            "timings": {k: v for k, v in timings.to_dict().items() if k != "marks"},
+            "timings": timings.public(),
             "versions": self.versions(),
             "options": self.options_summary(),
         }

@@ -77,6 +77,14 @@ class Timings:
         out["other_s"] = self.other_s
         return out
 
+    def public(self) -> dict[str, Any]:
+        """The timings as job records, PNG metadata and the CLI show them: every phase and
+        step in seconds, without the raw monotonic timestamps."""
+        out = self.to_dict()
+        out.pop("marks", None)
+        out.pop("step_ends", None)
+        return out
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Timings:
         names = cls.__dataclass_fields__

@@ -1,38 +1,54 @@
 """Compose one job's run: telemetry window, engine, baselines, attribution, result record.
 
-Both the in-process worker and the Redis worker call ``run_job``; they differ only in how
-jobs arrive and where events go.
+The job worker (queue/worker.py) calls ``run_job`` for every job, in both queue modes.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from steadygen.analysis.attribute import signals_of
-from steadygen.analysis.baseline import Baselines, Expectation, ShapeKey
+from steadygen.analysis.baseline import Baselines, ShapeKey
 from steadygen.engine.engine import Engine, GenerationResult, StepProgress
+from steadygen.engine.preview import PreviewBudget
 from steadygen.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from steadygen.analysis.baseline import Expectation
+    from steadygen.engine.timings import Timings
+    from steadygen.telemetry.sampler import Sampler
+    from steadygen.telemetry.window import TelemetryWindow
 
 log = logging.getLogger("steadygen.worker")
 
 Emit = Callable[[str, dict[str, Any]], None]
 
 
+class Diagnoser(Protocol):
+    """Attribution after a job (steadygen.analysis.attribute.make_diagnoser builds one)."""
+
+    def __call__(
+        self, *, job_id: str, key: ShapeKey, expectation: Expectation | None,
+        timings: Timings, window: TelemetryWindow | None, engine: Engine, recompiles: int = 0,
+    ) -> dict[str, Any] | None: ...
+
+
 @dataclass
 class RunContext:
-    """What a worker needs to run jobs; shared by all workers of one process."""
+    """What a job worker needs to run jobs: one per engine (``--concurrency`` gives each
+    extra worker its own engine over the same weights); the rest is shared."""
 
     engine: Engine
     images_dir: Path
     baselines: Baselines
-    sampler: Any = None  # steadygen.telemetry.sampler.Sampler, or None when off
-    diagnose: Callable[..., dict[str, Any] | None] | None = None  # attribution, when present
-    extra: dict[str, Any] = field(default_factory=dict)
+    sampler: Sampler | None = None  # None when telemetry is off
+    diagnose: Diagnoser | None = None  # attribution, when present
 
 
 def shape_key(engine: Engine, req: GenerationRequest) -> ShapeKey:
@@ -59,25 +75,6 @@ def shape_key(engine: Engine, req: GenerationRequest) -> ShapeKey:
     )
 
 
-def expected_service_s(engine: Engine, baselines: Baselines, req: GenerationRequest) -> float:
-    """Expected service time of a request, for ETAs (a rough default when nothing is known)."""
-    exp = baselines.expected(shape_key(engine, req))
-    if exp is not None:
-        return exp.total_s
-    step = engine.step_estimate(req)
-    if step is not None:
-        return step * req.steps * 1.3
-    return 0.05 * req.steps * req.n * (req.width * req.height) / (256 * 256)
-
-
-def step_eta_s(p: StepProgress, steps_done_s: float, exp: Expectation | None) -> float:
-    """Remaining seconds after step p: this job's own mean step for the steps left, plus
-    the expected decode and save."""
-    own_step = steps_done_s / p.step if p.step else 0.0
-    tail = exp.tail_s if exp is not None else own_step
-    return max(0.0, (p.total - p.step) * own_step + tail)
-
-
 def run_job(
     ctx: RunContext,
     job_id: str,
@@ -91,20 +88,23 @@ def run_job(
     key = shape_key(engine, req)
     exp = ctx.baselines.expected(key)
     mark = ctx.sampler.begin_job(job_id) if ctx.sampler is not None else None
-    steps_done = [0.0]
+    tail_s = exp.tail_s if exp is not None else None
+
+    budget = PreviewBudget()  # live previews, when asked for, within 2 % of the step time
 
     def on_step(p: StepProgress) -> None:
-        steps_done[0] += p.step_s
-        emit(
-            "step",
-            {
-                "step": p.step,
-                "steps": p.total,
-                "step_s": round(p.step_s, 6),
-                "elapsed_s": round(p.elapsed_s, 6),
-                "eta_s": round(step_eta_s(p, steps_done[0], exp), 3),
-            },
-        )
+        data = {
+            "step": p.step,
+            "steps": p.total,
+            "step_s": round(p.step_s, 6),
+            "elapsed_s": round(p.elapsed_s, 6),
+            "eta_s": round(p.remaining_s(tail_s), 3),
+        }
+        if req.preview and p.latents is not None:
+            jpeg = budget.maybe(p.step_s, lambda: engine.preview(p.latents))
+            if jpeg is not None:
+                data["preview"] = base64.b64encode(jpeg).decode("ascii")
+        emit("step", data)
 
     window = None
     try:
@@ -138,13 +138,10 @@ def _gpu_index(device: str) -> int:
 
 
 def result_record(ctx: RunContext, result: GenerationResult, key: ShapeKey) -> dict[str, Any]:
-    t = result.timings.to_dict()
-    t.pop("marks", None)
-    t.pop("step_ends", None)
     return {
         "images": [str(p.relative_to(ctx.images_dir)) for p in result.paths],
         "seed": result.request.seed,
-        "timings": t,
+        "timings": result.timings.public(),
         "notes": result.notes,
         "memory": result.memory,
         "device": result.device,

@@ -19,7 +19,7 @@ from steadygen.server import (
     web,
 )
 from steadygen.server.errors import install_error_handlers
-from steadygen.server.metrics import StateCollector
+from steadygen.server.metrics import QueueCollector, StateCollector
 from steadygen.server.security import BodyLimit, RequireKey, require_key
 from steadygen.server.service import Service
 
@@ -61,12 +61,13 @@ def build_app(settings: Settings, service: Service) -> FastAPI:
     service.metrics.registry.register(
         StateCollector(
             counts=service.queue.counts,
-            model_state=lambda: {**service.state(), "version": __version__,
+            model_state=lambda: {**service.state().to_dict(), "version": __version__,
                                  "model": service.model_name, "device": service.device},
             gauges=sampler.gauges if sampler is not None else None,
             alert_counts=_alert_counts(sampler),
         )
     )
+    service.metrics.registry.register(QueueCollector(service.queue.stats))
     app.state.service = service
     _drop_automatic_422(app)
     return app

@@ -19,6 +19,7 @@ from steadygen.errors import (
     ModelError,
     QueueFull,
     QueueUnavailable,
+    StorageBusy,
     StorageError,
 )
 
@@ -100,7 +101,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageError)
     async def storage(_: Request, exc: StorageError) -> JSONResponse:
         log.error("storage error: %s", exc)
-        if "database is locked" in str(exc) or "database is busy" in str(exc):
+        if isinstance(exc, StorageBusy):
             # Another process held SQLite's write lock past busy_timeout: try again soon.
             return error_response(503, str(exc), kind="server_error", code="storage_busy",
                                   headers={"Retry-After": "5"})

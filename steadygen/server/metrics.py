@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from steadygen.errors import SteadygenError
+from steadygen.queue.contract import QueueStats
+from steadygen.queue.events import EventHub
 from steadygen.queue.job import Job, JobState
 
 # Suits 0.05 s to 120 s, with a few smaller buckets for CPU-sized steps.
@@ -149,6 +152,55 @@ class StateCollector(Collector):
             for kind, n in sorted(self._alert_counts().items()):
                 alerts.add_metric([kind], n)
             yield alerts
+
+
+class SubscriberCollector(Collector):
+    """Open event subscriptions: SSE streams and synchronous requests waiting for a job.
+    It returns to its idle value when clients go away, or subscriptions leak."""
+
+    def __init__(self, hub: EventHub):
+        self.hub = hub
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        family = GaugeMetricFamily(
+            "steadygen_event_subscribers",
+            "Open job-event subscriptions (SSE streams, requests waiting for a job).",
+        )
+        family.add_metric([], float(self.hub.subscriber_count))
+        yield family
+
+
+class QueueCollector(Collector):
+    """The queue's workers, and in Redis mode its stream (what KEDA scales on)."""
+
+    def __init__(self, stats: Callable[[], QueueStats]):
+        self.stats = stats
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        try:
+            stats = self.stats()
+        except SteadygenError:
+            return
+        for name, doc, value in (
+            ("steadygen_queue_lag", "Stream entries not yet delivered to any worker "
+             "(XINFO GROUPS lag; Redis mode).", stats.lag),
+            ("steadygen_queue_pending", "Jobs delivered to a worker and not yet "
+             "acknowledged (XPENDING; Redis mode).", stats.pending),
+            ("steadygen_queue_stream_length", "Unacknowledged entries in the job stream "
+             "(XLEN; Redis mode).", stats.stream_length),
+            ("steadygen_workers", "Workers taking jobs (threads in one process; in Redis "
+             "mode, workers heard from in the last 10 s).", stats.workers),
+        ):
+            if value is not None:
+                family = GaugeMetricFamily(name, doc)
+                family.add_metric([], float(value))
+                yield family
 
 
 def _gauge_families(

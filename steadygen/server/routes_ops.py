@@ -24,9 +24,9 @@ def router(service: Service) -> APIRouter:
     @api.get("/readyz", responses={503: {"description": "Not ready (the same body, ready false)."}})
     async def readyz() -> JSONResponse:
         state = service.state()
-        body = {"ready": service.ready(), "model": service.model_name, "device": service.device,
+        body = {"ready": state.ready, "model": service.model_name, "device": service.device,
                 "default_side": service.default_side, "limits": asdict(service.limits),
-                **{k: v for k, v in state.items() if k in ("loaded", "warm", "accepting", "error")}}
+                **state.to_dict()}
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @api.get("/metrics", response_class=Response, responses={

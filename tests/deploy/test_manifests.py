@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from steadygen.config import Limits, Settings
+from steadygen.worker import BASE_METRICS_PORT
 from steadygen.worker import ROUTES as WORKER_ROUTES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -56,6 +57,8 @@ def setting(env: dict[str, str], name: str) -> Any:
     """The value a process with this environment reads for a setting."""
     raw = env.get("STEADYGEN_" + name.upper())
     default = getattr(Settings(), name)
+    if name == "metrics_port" and default is None:
+        default = BASE_METRICS_PORT  # unset: 9400 + the GPU index, and a pod has cuda:0
     return type(default)(raw) if raw is not None and default is not None else raw or default
 
 
@@ -239,7 +242,7 @@ def test_dockerfile_builds_a_cuda_image_that_runs_as_a_user() -> None:
     env = dockerfile_env()
     assert env["HF_HOME"].startswith(env["XDG_CACHE_HOME"])
     exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()}  # type: ignore[union-attr]
-    assert exposed == {Settings().port, Settings().metrics_port}
+    assert exposed == {Settings().port, BASE_METRICS_PORT}
     assert {int(env["STEADYGEN_PORT"]), int(env["STEADYGEN_METRICS_PORT"])} == exposed
     for name in env:
         if name.startswith("STEADYGEN_"):
@@ -252,18 +255,15 @@ def exported_metric_names() -> set[str]:
     """Every steadygen_ metric name the code can export (with histogram/counter series)."""
     from prometheus_client import CollectorRegistry
 
-    from steadygen.serve import StreamCollector
-    from steadygen.server.metrics import Metrics, StateCollector
+    from steadygen.queue.contract import QueueStats
+    from steadygen.server.metrics import Metrics, QueueCollector, StateCollector
 
-    class FakeQueue:
-        def stats(self) -> Any:
-            from steadygen.queue.redis_queue import StreamStats
-
-            return StreamStats(length=1, lag=1, pending=1, consumers=1, workers=1)
+    def stats() -> QueueStats:
+        return QueueStats(depth=1, running=1, workers=1, lag=1, pending=1, stream_length=1)
 
     metrics = Metrics(CollectorRegistry())
     metrics.registry.register(StateCollector(counts=lambda: {}, model_state=lambda: {}))
-    metrics.registry.register(StreamCollector(FakeQueue()))
+    metrics.registry.register(QueueCollector(stats))
     names = set()
     for family in metrics.registry.collect():
         names.add(family.name)

@@ -148,9 +148,16 @@ def test_on_step_reports_every_step_in_order(engine: Engine, make_req: Any) -> N
     seen: list[StepProgress] = []
     engine.generate(make_req(steps=5), on_step=seen.append)
     assert [p.step for p in seen] == [1, 2, 3, 4, 5]
-    assert all(p.total == 5 and p.step_s > 0 and p.eta_s >= 0 for p in seen)
+    assert all(p.total == 5 and p.step_s > 0 for p in seen)
     elapsed = [p.elapsed_s for p in seen]
     assert elapsed == sorted(elapsed)
+    assert all(0 < p.denoise_elapsed_s <= p.elapsed_s for p in seen)
+    # the in-run ETA: the job's mean step for each step left, plus the tail asked for
+    third = seen[2]
+    mean = third.denoise_elapsed_s / 3
+    assert third.remaining_s(tail_s=0.25) == pytest.approx(2 * mean + 0.25)
+    assert third.remaining_s() == pytest.approx(2.5 * mean)
+    assert seen[-1].remaining_s(tail_s=0.0) == 0.0
 
 
 def test_load_time_is_paid_by_the_first_job_only(

@@ -1,4 +1,4 @@
-"""RedisQueue and WorkerQueue against a real redis-server, in one process: the API side
+"""RedisQueue against a real redis-server, in one process: the API side
 (submit, list, cancel, events, wait) and the worker side (take, heartbeat, reclaim, finish,
 requeue) with no engine. The multi-process behaviour is in test_redis_workers.py."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from steadygen.errors import JobNotFound, QueueFull, QueueUnavailable
+from steadygen.queue.contract import LeaseState
 from steadygen.queue.job import JobState
-from steadygen.queue.redis_queue import RedisQueue
-from steadygen.queue.redis_worker import WorkerQueue
+from steadygen.queue.redis.queue import RedisQueue
 from steadygen.request import GenerationRequest
 
 from .redis_support import RedisServer, free_port, needs_redis, wait_for
@@ -47,12 +47,6 @@ def queue(redis_server: RedisServer) -> Iterator[RedisQueue]:
     q.close()
 
 
-@pytest.fixture
-def jobs(queue: RedisQueue) -> WorkerQueue:
-    """The worker side of the same stream."""
-    return WorkerQueue.from_queue(queue)
-
-
 def req(prompt: str = "a lighthouse", steps: int = 4) -> GenerationRequest:
     return GenerationRequest(prompt=prompt, width=256, height=256, steps=steps, guidance=0.0,
                              seed=1, n=1, model="zimage-tiny")
@@ -69,8 +63,8 @@ def test_submit_get_list_counts_position(queue: RedisQueue) -> None:
     assert got.seq == jobs[1].seq and got.created_at > 0
     assert [j.id for j in queue.list(10)] == [j.id for j in reversed(jobs)]
     assert queue.counts()["queued"] == 3 and queue.depth() == 3
-    assert [queue.position(j) for j in jobs] == [0, 1, 2]
-    assert queue.eta_s(jobs[2]) > queue.eta_s(jobs[0]) > 0
+    assert [queue.position(j) for j in jobs] == [2, 1, 0]  # higher priority first
+    assert queue.eta_s(jobs[0]) > queue.eta_s(jobs[2]) > 0
     assert kinds(queue, jobs[0].id) == [("0.0", "queued")]
     with pytest.raises(JobNotFound):
         queue.get("j-nothing")
@@ -85,70 +79,70 @@ def test_full_queue_refuses(redis_server: RedisServer) -> None:
     q.close()
 
 
-def test_cancel_queued_job_is_dropped_by_the_worker(queue: RedisQueue, jobs: WorkerQueue) -> None:
+def test_cancel_queued_job_is_dropped_by_the_worker(queue: RedisQueue) -> None:
     job = queue.submit(req())
     assert queue.cancel(job.id).state is JobState.CANCELLED
     assert kinds(queue, job.id) == [("0.0", "queued"), ("0.1", "cancelled")]
-    assert jobs.take("w1", block_s=0.05) is None  # read, seen cancelled, acknowledged
+    assert queue.claim("w1", 0.05) is None  # read, seen cancelled, acknowledged
     stats = queue.stats()
-    assert (stats.length, stats.pending, stats.lag) == (0, 0, 0)
+    assert (stats.stream_length, stats.pending, stats.lag) == (0, 0, 0)
 
 
-def test_cancel_running_job_reaches_its_worker(queue: RedisQueue, jobs: WorkerQueue) -> None:
+def test_cancel_running_job_reaches_its_worker(queue: RedisQueue) -> None:
     job = queue.submit(req())
-    claim = jobs.take("w1", block_s=0.05)
+    claim = queue.claim("w1", 0.05)
     assert claim is not None and claim.attempt == 1
-    assert jobs.publish_step(claim, {"step": 1, "steps": 4, "eta_s": 0.3}) == (True, False)
+    assert queue.progress(claim, {"step": 1, "steps": 4, "eta_s": 0.3}) == LeaseState(True, False)
     assert queue.cancel(job.id).cancel_requested
-    assert jobs.publish_step(claim, {"step": 2, "steps": 4}) == (True, True)
-    assert jobs.heartbeat(claim) == (True, True)
-    assert jobs.finish(claim, JobState.CANCELLED, {"at_step": 2})
+    assert queue.progress(claim, {"step": 2, "steps": 4}) == LeaseState(True, True)
+    assert queue.heartbeat(claim) == LeaseState(True, True)
+    assert queue.finish(claim, JobState.CANCELLED, {"at_step": 2})
     assert queue.get(job.id).state is JobState.CANCELLED
     assert [k for _, k in kinds(queue, job.id)] == ["queued", "started", "step", "step",
                                                    "cancelled"]
 
 
 def test_heartbeat_keeps_a_long_job_and_silence_loses_it(
-    queue: RedisQueue, jobs: WorkerQueue,
+    queue: RedisQueue,
 ) -> None:
     job = queue.submit(req())
-    claim = jobs.take("w1", block_s=0.05)
+    claim = queue.claim("w1", 0.05)
     assert claim is not None
     for _ in range(4):  # past the visibility timeout, renewing
         time.sleep(VISIBILITY_S / 3)
-        assert jobs.heartbeat(claim) == (True, False)
-        assert jobs.take("w2", block_s=0.05) is None
+        assert queue.heartbeat(claim) == LeaseState(True, False)
+        assert queue.claim("w2", 0.05) is None
     time.sleep(VISIBILITY_S * 1.3)  # silent: w2 takes it over
-    jobs._last_reclaim = 0.0
-    taken = jobs.take("w2", block_s=0.05)
+    queue._last_reclaim = 0.0
+    taken = queue.claim("w2", 0.05)
     assert taken is not None and taken.job.id == job.id and taken.attempt == 2
-    assert jobs.heartbeat(claim) == (False, False)
-    assert jobs.publish_step(claim, {"step": 3, "steps": 4})[0] is False  # fenced off
+    assert queue.heartbeat(claim) == LeaseState(False, False)
+    assert queue.progress(claim, {"step": 3, "steps": 4}).ours is False  # fenced off
     # the old worker finishes first after all: the first terminal write wins
-    assert jobs.finish(claim, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
-    assert not jobs.finish(taken, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
-    assert not jobs.finish(taken, JobState.FAILED, {"error": "x"}, error="x")
+    assert queue.finish(claim, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
+    assert not queue.finish(taken, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
+    assert not queue.finish(taken, JobState.FAILED, {"error": "x"}, error="x")
     done = queue.get(job.id)
     assert done.state is JobState.SUCCEEDED and done.attempts == 2
     events = kinds(queue, job.id)
     assert [k for _, k in events].count("succeeded") == 1
     assert events[-1] == ("2.1", "succeeded")  # after attempt 2's 'started'
     stats = queue.stats()
-    assert (stats.length, stats.pending, stats.lag) == (0, 0, 0)
+    assert (stats.stream_length, stats.pending, stats.lag) == (0, 0, 0)
 
 
 def test_failed_attempt_is_requeued_then_dead_lettered(
-    queue: RedisQueue, jobs: WorkerQueue,
+    queue: RedisQueue,
 ) -> None:
     job = queue.submit(req())
-    first = jobs.take("w1", block_s=0.05)
+    first = queue.claim("w1", 0.05)
     assert first is not None
-    assert jobs.requeue(first, "boom")
+    assert queue.retry(first, "boom")
     assert queue.get(job.id).state is JobState.QUEUED
-    assert not jobs.requeue(first, "again")  # not running any more: ignored
-    second = jobs.take("w2", block_s=0.05)
+    assert not queue.retry(first, "again")  # not running any more: ignored
+    second = queue.claim("w2", 0.05)
     assert second is not None and second.attempt == 2
-    assert jobs.finish(second, JobState.FAILED, {"error": "dead", "dead_letter": True},
+    assert queue.finish(second, JobState.FAILED, {"error": "dead", "dead_letter": True},
                         result={"dead_letter": True}, error="dead letter: boom twice")
     failed = queue.list(10, JobState.FAILED)
     assert [j.id for j in failed] == [job.id]
@@ -158,23 +152,23 @@ def test_failed_attempt_is_requeued_then_dead_lettered(
 
 
 def test_job_whose_workers_keep_dying_is_dead_lettered(
-    queue: RedisQueue, jobs: WorkerQueue,
+    queue: RedisQueue,
 ) -> None:
     job = queue.submit(req())
-    assert jobs.take("w1", block_s=0.05) is not None  # then w1 dies
+    assert queue.claim("w1", 0.05) is not None  # then w1 dies
     time.sleep(VISIBILITY_S * 1.3)
-    jobs._last_reclaim = 0.0
-    assert jobs.take("w2", block_s=0.05) is not None  # attempt 2, and w2 dies too
+    queue._last_reclaim = 0.0
+    assert queue.claim("w2", 0.05) is not None  # attempt 2, and w2 dies too
     time.sleep(VISIBILITY_S * 1.3)
-    jobs._last_reclaim = 0.0
-    assert jobs.take("w3", block_s=0.05) is None
+    queue._last_reclaim = 0.0
+    assert queue.claim("w3", 0.05) is None
     dead = queue.get(job.id)
     assert dead.state is JobState.FAILED and dead.result == {"dead_letter": True}
     assert dead.error and dead.error.startswith("dead letter: started 2 times")
     assert queue.stats().pending == 0
 
 
-def test_events_reach_subscribers_and_wait_returns(queue: RedisQueue, jobs: WorkerQueue) -> None:
+def test_events_reach_subscribers_and_wait_returns(queue: RedisQueue) -> None:
     queue.start()
     job = queue.submit(req())
 
@@ -183,12 +177,12 @@ def test_events_reach_subscribers_and_wait_returns(queue: RedisQueue, jobs: Work
         with queue.open_events(job.id) as sub:
             waiter = asyncio.ensure_future(queue.wait(job.id))
             await asyncio.sleep(0.3)
-            claim = await asyncio.to_thread(jobs.take, "w1", 0.05)
+            claim = await asyncio.to_thread(queue.claim, "w1", 0.05)
             assert claim is not None
             for step in (1, 2):
-                await asyncio.to_thread(jobs.publish_step, claim,
+                await asyncio.to_thread(queue.progress, claim,
                                         {"step": step, "steps": 4, "eta_s": 0.1})
-            await asyncio.to_thread(jobs.finish, claim, JobState.SUCCEEDED,
+            await asyncio.to_thread(queue.finish, claim, JobState.SUCCEEDED,
                                     {"result": {"images": []}}, result={"images": []})
             while not seen or seen[-1] != "succeeded":
                 event = await asyncio.wait_for(sub.get(), timeout=10)
@@ -202,32 +196,33 @@ def test_events_reach_subscribers_and_wait_returns(queue: RedisQueue, jobs: Work
     assert [(e.id, e.type) for e in resumed] == [("1.2", "step"), ("1.3", "succeeded")]
 
 
-def test_running_progress_and_workers(queue: RedisQueue, jobs: WorkerQueue) -> None:
+def test_running_progress_and_workers(queue: RedisQueue) -> None:
     job = queue.submit(req(steps=8))
-    claim = jobs.take("w1", block_s=0.05)
+    claim = queue.claim("w1", 0.05)
     assert claim is not None
-    jobs.publish_step(claim, {"step": 3, "steps": 8, "eta_s": 1.5})
+    queue.progress(claim, {"step": 3, "steps": 8, "eta_s": 1.5})
     queue._cache.clear()
     [p] = queue.running()
     assert (p.job_id, p.step, p.steps, p.eta_s) == (job.id, 3, 8, 1.5)
     assert queue.eta_s(queue.get(job.id)) == 1.5
-    jobs.hello("w1", {"model": "zimage-tiny", "default_side": 256})
+    queue.hello("w1", {"model": "zimage-tiny", "default_side": 256})
     queue._cache.clear()
     [w] = queue.workers()
     assert w.consumer == "w1" and w.info["model"] == "zimage-tiny" and w.seen_s_ago < 5
     assert queue.stats().workers == 1 and queue.stats().pending == 1
 
 
-def test_tidy_forgets_expired_jobs_and_gone_consumers(queue: RedisQueue, jobs: WorkerQueue) -> None:
+def test_tidy_forgets_expired_jobs_and_gone_consumers(queue: RedisQueue) -> None:
     done = queue.submit(req())
-    claim = jobs.take("w1", block_s=0.05)
+    claim = queue.claim("w1", 0.05)
     assert claim is not None
-    jobs.finish(claim, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
-    jobs.hello("w1", {})
+    queue.finish(claim, JobState.SUCCEEDED, {"result": {}}, result={"images": []})
+    queue.hello("w1", {})
     queue.conn.client.delete(queue.conn.key("job", done.id))  # as if its history had expired
-    jobs.tidy(idle_consumer_s=0)
+    queue.tidy(idle_consumer_s=0)
     assert queue.counts()["succeeded"] == 0 and queue.list(10) == []
-    assert queue.stats().consumers == 0 and queue._workers() == []
+    assert queue.conn.client.xinfo_consumers(queue.stream, "workers") == []
+    assert queue._workers() == []
 
 
 def test_unreachable_redis_is_a_clear_error(caplog: pytest.LogCaptureFixture) -> None:
@@ -235,7 +230,8 @@ def test_unreachable_redis_is_a_clear_error(caplog: pytest.LogCaptureFixture) ->
     caplog.set_level(logging.WARNING, logger="steadygen.queue.redis")
     with pytest.raises(QueueUnavailable, match="cannot reach Redis at .* after 2 attempts"):
         make_queue(url, connect_attempts=2)
-    assert sum("not reachable (attempt 1 of 2)" in r.message for r in caplog.records) == 1
+    assert sum("reaching Redis at" in r.message and "(attempt 1 of 2)" in r.message
+               for r in caplog.records) == 1
 
 
 def test_accepted_jobs_survive_a_redis_crash(tmp_path: Path,
@@ -248,12 +244,11 @@ def test_accepted_jobs_survive_a_redis_crash(tmp_path: Path,
         caplog.set_level(logging.WARNING, logger="steadygen.queue.redis")
         with pytest.raises(QueueUnavailable, match="cannot be reached to submit a job"):
             q.submit(req())
-        assert any("did not answer (submit a job, attempt 1 of 2)" in r.message
+        assert any("(submit a job) failed (attempt 1 of 2)" in r.message
                    for r in caplog.records)
         server.start()
         wait_for(lambda: q.depth() == 5, 10, "the queue to come back")
-        worker = WorkerQueue.from_queue(q)
-        taken = [worker.take("w1", block_s=0.05) for _ in range(5)]
+        taken = [q.claim("w1", 0.05) for _ in range(5)]
         assert [c.job.id for c in taken if c] == ids
         q.close()
     finally:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from steadygen.queue.job import parse_event_id
-from steadygen.queue.redis_queue import RedisQueue
+from steadygen.queue.redis.queue import RedisQueue
 
 from .redis_support import (
     Proc,
@@ -153,7 +153,7 @@ def test_two_workers_run_forty_jobs_each_exactly_once(two_workers: Cluster) -> N
         assert types.count("started") == 1 and types.count("succeeded") == 1, types
         assert (c.root / "data" / "images" / j.result["images"][0]).is_file()
     stats = q.stats()
-    assert (stats.length, stats.pending, stats.lag) == (0, 0, 0)
+    assert (stats.stream_length, stats.pending, stats.lag) == (0, 0, 0)
     # each worker serves its own metrics, with the jobs it ran
     ran = 0
     for w in q._workers():
@@ -327,6 +327,6 @@ def test_killed_worker_job_completes_on_the_other_worker(two_workers: Cluster) -
     assert started[-1]["taken_over_from"] == holder
     assert {c.wait_state(i)["state"] for i in others} == {"succeeded"}
     stats = q.stats()
-    assert (stats.length, stats.pending) == (0, 0)
+    assert (stats.stream_length, stats.pending) == (0, 0)
     q.close()
     assert json.loads(json.dumps(view))["images"]  # the image of the surviving attempt

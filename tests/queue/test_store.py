@@ -11,7 +11,7 @@ import pytest
 
 from steadygen.errors import JobNotFound, StorageError
 from steadygen.queue.job import Job, JobEvent, JobState, new_job_id
-from steadygen.queue.store import JobStore
+from steadygen.queue.sqlite.store import JobStore
 
 
 @pytest.fixture
@@ -130,11 +130,15 @@ def test_finish_records_the_result(store: JobStore, make_req: Any) -> None:
     store.claim_next("w")
     result = {"images": [f"{job.id}/0.png"], "timings": {"total_s": 1.5}}
     end = JobEvent(job.id, 1, 3, "succeeded", {"result": result})
-    store.finish(job.id, JobState.SUCCEEDED, result=result, event=end)
+    assert store.finish(job.id, JobState.SUCCEEDED, result=result, event=end)
     done = store.get(job.id)
     assert done.state is JobState.SUCCEEDED and done.result == result and done.error is None
     assert done.finished_at is not None and done.finished_at >= (done.started_at or 0)
-    assert [e.type for e in store.events(job.id)] == ["queued", "succeeded"]
+    # the claim stored 'started' with the job's change of state
+    assert [e.type for e in store.events(job.id)] == ["queued", "started", "succeeded"]
+    # the first end wins: a second one changes nothing and says so
+    assert not store.finish(job.id, JobState.FAILED, error="late")
+    assert store.get(job.id).state is JobState.SUCCEEDED
     assert store.recent_succeeded(10)[-1].id == job.id
 
 
@@ -146,9 +150,33 @@ def test_cancel_queued_only_cancels_a_queued_job(store: JobStore, make_req: Any)
     assert store.get(queued.id).state is JobState.CANCELLED
     assert not store.cancel_queued(running.id, JobEvent(running.id, 1, 1, "cancelled", {}))
     assert store.get(running.id).state is JobState.RUNNING
-    assert [e.type for e in store.events(running.id)] == ["queued"]  # no stray event
+    assert [e.type for e in store.events(running.id)] == ["queued", "started"]  # no stray
     store.request_cancel(running.id)
     assert store.get(running.id).cancel_requested
+
+
+def test_requeue_only_moves_the_current_attempt_back(store: JobStore, make_req: Any) -> None:
+    job = add(store, make_req)
+    claimed = store.claim_next("w")
+    assert claimed is not None and claimed.attempts == 1
+    back = JobEvent(job.id, 1, 1, "requeued", {})
+    assert not store.requeue(job.id, 2, back)  # a stale attempt changes nothing
+    assert store.requeue(job.id, 1, back, handing_back=True)
+    again = store.get(job.id)
+    assert again.state is JobState.QUEUED and again.attempts == 0  # a hand-back is no attempt
+    assert store.claim_next("w").attempts == 1  # type: ignore[union-attr]
+
+
+def test_claim_dead_letters_a_job_started_too_often(store: JobStore, make_req: Any) -> None:
+    job = add(store, make_req)
+    for _ in range(2):  # started twice, and its process died each time
+        store.claim_next("w", max_attempts=2)
+        store.requeue_interrupted()
+    assert store.claim_next("w", max_attempts=2) is None
+    dead = store.get(job.id)
+    assert dead.state is JobState.FAILED and dead.result == {"dead_letter": True}
+    assert dead.error and "started 2 times without finishing" in dead.error
+    assert [e.type for e in store.events(job.id)][-1] == "failed"
 
 
 def test_list_counts_and_filters(store: JobStore, make_req: Any) -> None:

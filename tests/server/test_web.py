@@ -402,6 +402,24 @@ def test_errors_appear_next_to_their_fields(web_server: Any, open_page: Any) -> 
     p.shot("generate-api-errors-desktop")
 
 
+def test_the_page_checks_the_limits_this_server_publishes(
+    server_factory: Callable[..., Any], open_page: Any
+) -> None:
+    """The size and count rules come from GET /readyz, not from the page's own copy."""
+    small = server_factory(env={"STEADYGEN_LIMIT_MAX_SIDE": "512", "STEADYGEN_LIMIT_MAX_N": "2"})
+    p = open_page(small)
+    page = p.goto("generate")
+    wait_until(page, "document.querySelector('#width').max === '512'")
+    page.fill("#prompt", "a small square")
+    choose_custom_size(page, 768, 256)
+    size_error = page.locator('[data-error-for="size"]')
+    assert "from 256 to 512 (got 768)" in size_error.inner_text()
+    assert page.is_visible('input[name="n"][value="2"]')
+    assert not page.is_visible('input[name="n"][value="3"]')
+    page.fill("#width", "512")
+    assert size_error.inner_text() == ""
+
+
 def test_api_key_prompt(main_server: Any, open_page: Any) -> None:
     p = open_page(main_server)
     page = p.goto("history")

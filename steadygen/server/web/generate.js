@@ -6,6 +6,7 @@ import { $, $$, h, secs } from "./dom.js";
 import { copyParams, diagnosisBlock, imagesGrid, jobTimes, paramsBody, phaseBar } from "./jobview.js";
 import { PREVIEW_REQUEST, resetPreview, showPreview } from "./preview.js";
 
+// The size rule until GET /readyz tells this server's limits (setModelDefaults).
 const SIDE = { min: 256, max: 2048, multiple: 16 };
 const FORM_STORE = "steadygen.form";
 const ACTIVE_STORE = "steadygen.activeJob";
@@ -66,7 +67,7 @@ function showErrors(errors) {
 
 const customSize = () => form().elements.size.value === "custom";
 
-/** The size rule, checked as you type: whole numbers, multiples of 16, 256 to 2048. */
+/** The size rule, checked as you type: whole numbers, multiples of 16, within the limits. */
 function sizeProblems() {
   if (!customSize()) return [];
   const out = [];
@@ -144,8 +145,27 @@ export function applyParams(p) {
   syncCustom();
 }
 
-/** The model's natural size when nothing was chosen before (zimage-tiny: 256 x 256). */
+/** The server's validation limits on the inputs (from GET /readyz), so the page checks
+ * what the server checks. */
+function applyLimits(limits) {
+  if (!limits) return;
+  SIDE.min = limits.min_side;
+  SIDE.max = limits.max_side;
+  for (const id of ["width", "height"]) {
+    $(`#${id}`).min = String(limits.min_side);
+    $(`#${id}`).max = String(limits.max_side);
+  }
+  $("#steps").max = String(limits.max_steps);
+  $("#guidance").max = String(limits.max_guidance);
+  for (const radio of $$('input[name="n"]', form())) {
+    radio.closest("label").hidden = Number(radio.value) > limits.max_n;
+  }
+}
+
+/** The server's limits, and the model's natural size when nothing was chosen before
+ * (zimage-tiny: 256 x 256). */
 export function setModelDefaults(info) {
+  applyLimits(info.limits);
   if (localStorage.getItem(FORM_STORE)) return;
   const side = info.default_side || (info.model === "zimage-tiny" ? 256 : 1024);
   applyParams({ width: side, height: side, prompt: form().elements.prompt.value });

@@ -9,16 +9,19 @@ Layout (every key starts with the stream name, ``P = "<stream>:"``)::
                           live progress (step, steps, eta_s) and the id of its stream entry.
     P events:<id>         Stream of that job's events (a, n, type, data); MAXLEN ~1000.
     P events              Stream of every job's events, for the API processes' EventHub.
-    P state:<state>       Sorted sets of job ids per state (score: arrival; counts, lists).
+    P state:<state>       Sorted sets of job ids per state (score: arrival; for queued:
+                          priority, then arrival), for counts, lists and positions.
+    P entries             Hash: stream entry id -> the job it currently stands for.
     P index               Sorted set of every job id by arrival (GET /v1/jobs).
     P seq                 Arrival counter.
     P workers, P seen     Live workers (info JSON; last heartbeat, Redis clock).
-    P service_s           Mean service seconds per request shape (for ETAs), kept by workers.
+    P service_s           Recent service seconds per request shape (JSON lists, for ETAs),
+                          kept by workers (queue/eta.py).
     P telemetry:<worker>  That worker's latest telemetry sample (JSON, expires; see
-                          redis_telemetry.py).
+                          telemetry.py).
 
-The scripts (redis_scripts.py) build key names from the prefix: standalone Redis (or
-Sentinel), not Cluster. The API side is redis_queue.py, the worker side redis_worker.py.
+The scripts (scripts.py) build key names from the prefix: standalone Redis (or Sentinel),
+not Cluster. The API side is api_side.py, the worker side worker_side.py, joined in queue.py.
 """
 
 from __future__ import annotations
@@ -35,14 +38,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from steadygen.backoff import Backoff, retry
 from steadygen.errors import QueueUnavailable
 from steadygen.queue.job import Job, JobState
-from steadygen.queue.redis_scripts import SCRIPTS
+from steadygen.queue.redis.scripts import SCRIPTS
 from steadygen.request import GenerationRequest
 
 __all__ = [
     "HISTORY_TTL_S", "MIN_VERSION", "UNREACHABLE", "RedisConnectionError", "RedisStreams",
-    "RedisTimeoutError", "ResponseError", "job_from_hash", "redact", "shape_label",
+    "RedisTimeoutError", "ResponseError", "job_from_hash", "redact",
 ]
 
 log = logging.getLogger("steadygen.queue.redis")
@@ -101,23 +105,21 @@ class RedisStreams:
     def connect(self, attempts: int) -> None:
         """Reach Redis and make sure the consumer group exists; retries with exponential
         backoff and a log line per attempt, then raises QueueUnavailable with the fix."""
-        delay = 0.5
-        for attempt in range(1, attempts + 1):
-            try:
-                info = self.client.info("server")
-                self.ensure_group()
-                break
-            except UNREACHABLE as exc:
-                if attempt == attempts:
-                    raise QueueUnavailable(
-                        f"cannot reach Redis at {redact(self.url)} after {attempts} attempts "
-                        f"({exc}); start Redis there, or point --queue / STEADYGEN_QUEUE_URL "
-                        "at a running one"
-                    ) from exc
-                log.warning("Redis at %s is not reachable (attempt %d of %d): %s; "
-                            "retrying in %.1f s", redact(self.url), attempt, attempts, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+
+        def reach() -> dict[str, Any]:
+            info = self.client.info("server")
+            self.ensure_group()
+            return info
+
+        try:
+            info = retry(reach, what=f"reaching Redis at {redact(self.url)}", attempts=attempts,
+                         retry_on=UNREACHABLE, log=log, backoff=Backoff(0.5, 30.0))
+        except UNREACHABLE as exc:
+            raise QueueUnavailable(
+                f"cannot reach Redis at {redact(self.url)} after {attempts} attempts "
+                f"({exc}); start Redis there, or point --queue / STEADYGEN_QUEUE_URL "
+                "at a running one"
+            ) from exc
         version = tuple(int(x) for x in str(info.get("redis_version", "0.0")).split(".")[:2])
         if version < MIN_VERSION:
             raise QueueUnavailable(
@@ -143,38 +145,34 @@ class RedisStreams:
     def call(self, what: str, fn: Callable[[], T], attempts: int | None = None) -> T:
         """One Redis operation, retried a few times with backoff (each attempt logged);
         QueueUnavailable when Redis stays unreachable. Every script is safe to repeat."""
-        attempts = attempts or self.retry_attempts
-        delay = 0.2
-        for attempt in range(1, attempts + 1):
+
+        def once() -> T:
             try:
-                try:
-                    out = fn()
-                except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    # Redis lost its data (no persistence?): set the group up again
-                    log.warning("the consumer group %s is gone from Redis at %s; creating "
-                                "it again", self.group, redact(self.url))
-                    self.ensure_group()
-                    out = fn()
-                self.last_ok_mono = time.monotonic()
-                return out
-            except UNREACHABLE as exc:
-                if attempt == attempts:
-                    raise QueueUnavailable(
-                        f"the job queue (Redis at {redact(self.url)}) cannot be reached "
-                        f"to {what}: {exc}"
-                    ) from exc
-                log.warning("Redis at %s did not answer (%s, attempt %d of %d): %s; "
-                            "retrying in %.1f s", redact(self.url), what, attempt, attempts,
-                            exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+                out = fn()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost its data (no persistence?): set the group up again
+                log.warning("the consumer group %s is gone from Redis at %s; creating it "
+                            "again", self.group, redact(self.url))
+                self.ensure_group()
+                out = fn()
+            self.last_ok_mono = time.monotonic()
+            return out
+
+        try:
+            return retry(once, what=f"Redis at {redact(self.url)} ({what})",
+                         attempts=attempts or self.retry_attempts, retry_on=UNREACHABLE,
+                         log=log, backoff=Backoff(0.2, 5.0))
+        except UNREACHABLE as exc:
+            raise QueueUnavailable(
+                f"the job queue (Redis at {redact(self.url)}) cannot be reached to {what}: "
+                f"{exc}"
+            ) from exc
 
     def run_script(self, name: str, args: list[Any], what: str,
                    attempts: int | None = None) -> Any:
-        """One of redis_scripts.SCRIPTS, through ``call``."""
+        """One of scripts.SCRIPTS, through ``call``."""
         script = self.scripts[name]
         return self.call(what, lambda: script(args=args), attempts)
 
@@ -187,12 +185,6 @@ class RedisStreams:
 
     def close(self) -> None:
         self.client.close()
-
-
-def shape_label(req: GenerationRequest) -> str:
-    """The field of ``P service_s`` a request's service time is kept under: size, steps,
-    CFG on/off, images."""
-    return f"{req.width}x{req.height}:{req.steps}:{int(req.uses_cfg)}:{req.n}"
 
 
 def job_from_hash(raw: dict[str, str]) -> Job:

@@ -3,10 +3,10 @@
 Each state change is one script, so a job's hash, its state sets, its events and its stream
 entry never disagree, and all times come from one clock (Redis ``TIME``). Every script is
 safe to run twice (a retried call after a lost reply changes nothing more). Key names are
-built from the prefix ARGV (``"<stream>:"``; the layout is in redis_streams.py): standalone
+built from the prefix ARGV (``"<stream>:"``; the layout is in connection.py): standalone
 Redis or Sentinel, not Cluster.
 
-``SCRIPTS`` maps each name to the source that redis_streams.py registers: ``LIB`` (helpers)
+``SCRIPTS`` maps each name to the source that connection.py registers: ``LIB`` (helpers)
 followed by the body, except ``heartbeat``, which needs none.
 """
 
@@ -32,15 +32,18 @@ local function publish(p, id, kind, data, attempt)
   redis.call('XADD', p .. 'events', 'MAXLEN', '~', 10000, '*',
              'job', id, 'a', cur, 'n', n, 'type', kind, 'data', data)
 end
+-- Waiting jobs are ordered by priority (higher first), then arrival.
+local function qscore(priority, seq) return (100 - tonumber(priority)) * 1e10 + tonumber(seq) end
 local function move(p, id, from, to, score)
   if from then redis.call('ZREM', p .. 'state:' .. from, id) end
   redis.call('ZADD', p .. 'state:' .. to, score, id)
 end
 -- Acknowledge a delivered entry and delete it; an undelivered one is left for a worker
 -- to read and drop (deleting it would make the group's lag unknown).
-local function release(stream, group, entry)
+local function release(p, stream, group, entry)
   if entry and redis.call('XACK', stream, group, entry) == 1 then
     redis.call('XDEL', stream, entry)
+    redis.call('HDEL', p .. 'entries', entry)
   end
 end
 local function retire(p, id, ttl)
@@ -61,8 +64,9 @@ local entry = redis.call('XADD', stream, '*', 'job', id)
 redis.call('HSET', jk, 'id', id, 'seq', seq, 'state', 'queued', 'priority', ARGV[5],
            'request', ARGV[4], 'created_at', fmt(now()), 'attempts', 0,
            'cancel_requested', 0, 'entry', entry, 'ev_attempt', 0, 'ev_n', 0)
-move(p, id, nil, 'queued', seq)
+move(p, id, nil, 'queued', qscore(ARGV[5], seq))
 redis.call('ZADD', p .. 'index', seq, id)
+redis.call('HSET', p .. 'entries', entry, id)
 publish(p, id, 'queued', cjson.encode({position = depth}), 0)
 return {'ok'}
 """
@@ -85,12 +89,26 @@ return st
 """
 
 # ARGV: prefix, stream, group, id, entry, consumer, max_attempts, history ttl
+# The entry is a token: its job (P entries) is swapped with the best waiting job when that
+# is another one, so the highest priority runs first and each job keeps one live entry.
 START = """
-local p, stream, group, id, entry, me = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local p, stream, group, entry, me = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+local id = redis.call('HGET', p .. 'entries', entry) or ARGV[4]
 local jk = p .. 'job:' .. id
 local st = redis.call('HGET', jk, 'state')
+if st == 'queued' and redis.call('HGET', jk, 'entry') == entry then
+  local best = redis.call('ZRANGE', p .. 'state:queued', 0, 0)[1]
+  if best and best ~= id then
+    local bk = p .. 'job:' .. best
+    local other = redis.call('HGET', bk, 'entry')
+    redis.call('HSET', bk, 'entry', entry)
+    redis.call('HSET', jk, 'entry', other)
+    redis.call('HSET', p .. 'entries', entry, best, other, id)
+    id, jk = best, bk
+  end
+end
 if not st or is_terminal(st) or redis.call('HGET', jk, 'entry') ~= entry then
-  release(stream, group, entry)  -- finished, cancelled, expired, or an old entry
+  release(p, stream, group, entry)  -- finished, cancelled, expired, or an old entry
   return {'skip'}
 end
 local attempts = tonumber(redis.call('HGET', jk, 'attempts'))
@@ -100,10 +118,10 @@ if st == 'running' and redis.call('HGET', jk, 'worker') == me then
 end
 if redis.call('HGET', jk, 'cancel_requested') == '1' then
   redis.call('HSET', jk, 'state', 'cancelled', 'finished_at', fmt(now()))
-  redis.call('HDEL', jk, 'step', 'steps', 'eta_s')
+  redis.call('HDEL', jk, 'step', 'steps', 'eta_s', 'preview')
   move(p, id, st, 'cancelled', seq)
   publish(p, id, 'cancelled', cjson.encode({at_step = 0}), nil)
-  release(stream, group, entry)
+  release(p, stream, group, entry)
   retire(p, id, tonumber(ARGV[8]))
   return {'skip'}
 end
@@ -114,18 +132,18 @@ if attempts >= tonumber(ARGV[7]) then
   if last then err = err .. '; last error: ' .. last end
   redis.call('HSET', jk, 'state', 'failed', 'finished_at', fmt(now()), 'error', err,
              'result', cjson.encode({dead_letter = true}))
-  redis.call('HDEL', jk, 'step', 'steps', 'eta_s')
+  redis.call('HDEL', jk, 'step', 'steps', 'eta_s', 'preview')
   move(p, id, st, 'failed', seq)
   publish(p, id, 'failed', cjson.encode({error = err, dead_letter = true}), nil)
-  release(stream, group, entry)
+  release(p, stream, group, entry)
   retire(p, id, tonumber(ARGV[8]))
-  return {'dead', err}
+  return {'dead', err, id}
 end
 local before = redis.call('HGET', jk, 'worker')
 attempts = attempts + 1
 redis.call('HSET', jk, 'state', 'running', 'attempts', attempts, 'started_at', fmt(now()),
            'worker', me)
-redis.call('HDEL', jk, 'step', 'steps', 'eta_s')
+redis.call('HDEL', jk, 'step', 'steps', 'eta_s', 'preview')
 move(p, id, st, 'running', seq)
 local data = {attempt = attempts, worker = me}
 if st == 'running' and before then data.taken_over_from = before end
@@ -133,13 +151,14 @@ publish(p, id, 'started', cjson.encode(data), attempts)
 return {'run', redis.call('HGETALL', jk)}
 """
 
-# ARGV: prefix, id, consumer, attempt, step, steps, eta_s, data
+# ARGV: prefix, id, consumer, attempt, step, steps, eta_s, data, preview
 STEP = """
 local p, id = ARGV[1], ARGV[2]
 local jk = p .. 'job:' .. id
 local v = redis.call('HMGET', jk, 'state', 'attempts', 'worker', 'cancel_requested')
 if v[1] ~= 'running' or v[2] ~= ARGV[4] or v[3] ~= ARGV[3] then return {0, 1} end
 redis.call('HSET', jk, 'step', ARGV[5], 'steps', ARGV[6], 'eta_s', ARGV[7])
+if ARGV[9] and ARGV[9] ~= '' then redis.call('HSET', jk, 'preview', ARGV[9]) end
 publish(p, id, 'step', ARGV[8], tonumber(ARGV[4]))
 return {1, tonumber(v[4] or '0')}
 """
@@ -161,16 +180,16 @@ local p, stream, group, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local jk = p .. 'job:' .. id
 local v = redis.call('HMGET', jk, 'state', 'attempts', 'worker', 'entry', 'seq')
 if not v[1] then return 0 end
-if is_terminal(v[1]) then release(stream, group, v[4]); return 0 end
+if is_terminal(v[1]) then release(p, stream, group, v[4]); return 0 end
 local new = ARGV[7]
 if new ~= 'succeeded' and (v[2] ~= ARGV[6] or v[3] ~= ARGV[5]) then return 0 end
 redis.call('HSET', jk, 'state', new, 'finished_at', fmt(now()))
 if ARGV[8] ~= '' then redis.call('HSET', jk, 'result', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', jk, 'error', ARGV[9]) end
-redis.call('HDEL', jk, 'step', 'steps', 'eta_s')
+redis.call('HDEL', jk, 'step', 'steps', 'eta_s', 'preview')
 move(p, id, v[1], new, v[5])
 publish(p, id, new, ARGV[10], nil)
-release(stream, group, v[4])
+release(p, stream, group, v[4])
 retire(p, id, tonumber(ARGV[11]))
 return 1
 """
@@ -181,17 +200,44 @@ return 1
 REQUEUE = """
 local p, stream, group, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local jk = p .. 'job:' .. id
-local v = redis.call('HMGET', jk, 'state', 'attempts', 'worker', 'entry')
+local v = redis.call('HMGET', jk, 'state', 'attempts', 'worker', 'entry', 'priority')
 if v[1] ~= 'running' or v[2] ~= ARGV[6] or v[3] ~= ARGV[5] then return 0 end
 local entry = redis.call('XADD', stream, '*', 'job', id)
-release(stream, group, v[4])
+release(p, stream, group, v[4])
+redis.call('HSET', p .. 'entries', entry, id)
 redis.call('HSET', jk, 'state', 'queued', 'entry', entry)
 if ARGV[7] ~= '' then redis.call('HSET', jk, 'last_error', ARGV[7]) end
 if ARGV[9] == '1' then redis.call('HINCRBY', jk, 'attempts', -1) end
-redis.call('HDEL', jk, 'started_at', 'worker', 'step', 'steps', 'eta_s')
-move(p, id, 'running', 'queued', redis.call('INCR', p .. 'seq'))
+redis.call('HDEL', jk, 'started_at', 'worker', 'step', 'steps', 'eta_s', 'preview')
+move(p, id, 'running', 'queued', qscore(v[5] or 0, redis.call('INCR', p .. 'seq')))
 publish(p, id, 'requeued', ARGV[8], nil)
 return 1
+"""
+
+# ARGV: prefix, id, kind, data: an event of a waiting job (its new position and ETA)
+NOTE = """
+local p, id = ARGV[1], ARGV[2]
+if redis.call('HGET', p .. 'job:' .. id, 'state') ~= 'queued' then return 0 end
+publish(p, id, ARGV[3], ARGV[4], nil)
+return 1
+"""
+
+# ARGV: prefix, shape label, service seconds, window, cold: the label's recent service
+# times (as queue/eta.py's ServiceTimes.observe: a cold run counts only until a warm one)
+SERVICE = """
+local key, label = ARGV[1] .. 'service_s', ARGV[2]
+local marker = label .. '|cold'
+local raw = redis.call('HGET', key, label)
+local values = {}
+if raw and string.sub(raw, 1, 1) == '[' then values = cjson.decode(raw) end
+local cold = ARGV[5] == '1'
+if cold and #values > 0 then return #values end
+if not cold and redis.call('HDEL', key, marker) == 1 then values = {} end
+if cold then redis.call('HSET', key, marker, 1) end
+table.insert(values, tonumber(ARGV[3]))
+while #values > tonumber(ARGV[4]) do table.remove(values, 1) end
+redis.call('HSET', key, label, cjson.encode(values))
+return #values
 """
 
 # ARGV: prefix, consumer, info json
@@ -232,7 +278,7 @@ return ids
 SCRIPTS: dict[str, str] = {
     **{name: LIB + body for name, body in (
         ("submit", SUBMIT), ("cancel", CANCEL), ("start", START), ("step", STEP),
-        ("finish", FINISH), ("requeue", REQUEUE), ("hello", HELLO), ("workers", WORKERS),
-        ("forget", FORGET))},
+        ("finish", FINISH), ("requeue", REQUEUE), ("note", NOTE), ("service", SERVICE),
+        ("hello", HELLO), ("workers", WORKERS), ("forget", FORGET))},
     "heartbeat": HEARTBEAT,
 }

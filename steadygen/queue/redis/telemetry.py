@@ -15,10 +15,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from steadygen.errors import QueueUnavailable
-from steadygen.queue.redis_streams import RedisStreams
+from steadygen.queue.redis.connection import RedisStreams
 
 if TYPE_CHECKING:
-    from steadygen.queue.redis_queue import RedisQueue
+    from steadygen.queue.redis.queue import RedisQueue
 
 log = logging.getLogger("steadygen.queue.redis")
 

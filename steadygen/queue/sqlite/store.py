@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from steadygen.errors import JobNotFound, StorageError
+from steadygen.errors import JobNotFound, StorageBusy, StorageError
 from steadygen.queue.job import Job, JobEvent, JobState
 from steadygen.request import GenerationRequest
 
@@ -99,14 +99,14 @@ class JobStore:
                     if on_disk:
                         self._db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
-                raise StorageError(f"job database write failed: {exc}") from exc
+                raise _storage_error("write", exc) from exc
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise StorageError(f"job database read failed: {exc}") from exc
+                raise _storage_error("read", exc) from exc
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -127,26 +127,42 @@ class JobStore:
             self._insert_event(db, event)
         return job
 
-    def claim_next(self, worker: str) -> Job | None:
-        """Mark the next queued job (priority, then arrival) running for ``worker``."""
-        with self._tx() as db:
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' "
-                "ORDER BY priority DESC, seq LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            now = time.time()
-            db.execute(
-                "UPDATE jobs SET state='running', started_at=?, attempts=attempts+1, worker=? "
-                "WHERE id=?",
-                (now, worker, row[1]),
-            )
-        job = _job_from_row(row)
-        job.state, job.started_at, job.attempts, job.worker = (
-            JobState.RUNNING, now, job.attempts + 1, worker,
-        )
-        return job
+    def claim_next(self, worker: str, max_attempts: int | None = None) -> Job | None:
+        """Mark the next queued job (priority, then arrival) running for ``worker`` and
+        store its 'started' event (attempt k's first event, numbered (k, 0)) in the same
+        transaction. A job that already started ``max_attempts`` times without finishing
+        (its process died each time) ends failed as a dead letter instead."""
+        while True:
+            with self._tx() as db:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE state = 'queued' "
+                    "ORDER BY priority DESC, seq LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return None
+                job = _job_from_row(row)
+                now = time.time()
+                if max_attempts is not None and job.attempts >= max_attempts:
+                    error = (f"dead letter: started {job.attempts} times without finishing "
+                             "(the server stopped or crashed each time)")
+                    db.execute(
+                        "UPDATE jobs SET state='failed', finished_at=?, error=?, result=? "
+                        "WHERE id=?", (now, error, json.dumps({"dead_letter": True}), job.id))
+                    n = self._next_n(db, job.id, job.attempts)
+                    self._insert_event(db, JobEvent(job.id, job.attempts, n, "failed",
+                                                    {"error": error, "dead_letter": True}))
+                    continue
+                db.execute(
+                    "UPDATE jobs SET state='running', started_at=?, attempts=attempts+1, "
+                    "worker=? WHERE id=?",
+                    (now, worker, job.id),
+                )
+                job.state, job.started_at, job.attempts, job.worker = (
+                    JobState.RUNNING, now, job.attempts + 1, worker,
+                )
+                self._insert_event(db, JobEvent(job.id, job.attempts, 0, "started",
+                                                {"attempt": job.attempts, "worker": worker}))
+            return job
 
     def finish(
         self,
@@ -156,20 +172,41 @@ class JobStore:
         result: dict[str, Any] | None = None,
         error: str | None = None,
         event: JobEvent | None = None,
-    ) -> None:
+        attempt: int | None = None,
+    ) -> bool:
+        """Write a job's end. The first terminal write wins (False: it had ended already);
+        with ``attempt``, only while that attempt is the job's current one."""
+        fence = " AND attempts=?" if attempt is not None else ""
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET state=?, finished_at=?, result=?, error=? WHERE id=?",
+            cur = db.execute(
+                "UPDATE jobs SET state=?, finished_at=?, result=?, error=? "
+                f"WHERE id=? AND state NOT IN ('succeeded', 'failed', 'cancelled'){fence}",
                 (
                     state.value,
                     time.time(),
                     json.dumps(result) if result is not None else None,
                     error,
                     job_id,
+                    *((attempt,) if attempt is not None else ()),
                 ),
             )
-            if event is not None:
+            if cur.rowcount and event is not None:
                 self._insert_event(db, event)
+            return bool(cur.rowcount)
+
+    def requeue(self, job_id: str, attempt: int, event: JobEvent, *,
+                handing_back: bool = False) -> bool:
+        """Put a running job back in the queue (a failed attempt, or a stopping worker
+        handing it back, which does not count as an attempt)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state='queued', started_at=NULL, worker=NULL, "
+                "attempts=attempts-? WHERE id=? AND state='running' AND attempts=?",
+                (int(handing_back), job_id, attempt),
+            )
+            if cur.rowcount:
+                self._insert_event(db, event)
+            return bool(cur.rowcount)
 
     def cancel_queued(self, job_id: str, event: JobEvent) -> bool:
         """Cancel a job that is still queued; False if it already left the queue."""
@@ -240,6 +277,12 @@ class JobStore:
             self._insert_event(db, event)
 
     @staticmethod
+    def _next_n(db: sqlite3.Connection, job_id: str, attempt: int) -> int:
+        row = db.execute("SELECT MAX(n) FROM events WHERE job_id=? AND attempt=?",
+                         (job_id, attempt)).fetchone()
+        return 0 if row is None or row[0] is None else int(row[0]) + 1
+
+    @staticmethod
     def _insert_event(db: sqlite3.Connection, event: JobEvent) -> None:
         db.execute(
             "INSERT OR IGNORE INTO events (job_id, attempt, n, type, data, t) "
@@ -257,6 +300,17 @@ class JobStore:
     def check(self) -> str:
         """SQLite's own integrity check ('ok' when consistent)."""
         return str(self._read("PRAGMA integrity_check")[0][0])
+
+
+def _storage_error(what: str, exc: sqlite3.Error) -> StorageError:
+    """SQLite's busy/locked (another process held the write lock past busy_timeout) is
+    StorageBusy, worth a retry; anything else is a StorageError."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    busy_codes = {getattr(sqlite3, n, -1) for n in ("SQLITE_BUSY", "SQLITE_LOCKED")}
+    busy = (code is not None and code & 0xFF in busy_codes) or (
+        code is None and ("database is locked" in str(exc) or "database is busy" in str(exc)))
+    kind = StorageBusy if busy else StorageError
+    return kind(f"job database {what} failed: {exc}")
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
