@@ -74,7 +74,7 @@ def router(service: Service, live_previews: bool = True) -> APIRouter:
                     "current_image": None, "textinfo": None}
         p = running[0]
         frac = p.step / p.steps if p.steps else 0.0
-        preview = getattr(p, "preview", None)
+        preview = p.preview
         return {
             "progress": round(frac, 4),
             "eta_relative": round(p.eta_s or 0.0, 3),
