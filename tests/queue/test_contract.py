@@ -377,6 +377,18 @@ def test_a_stopping_worker_hands_its_job_back(backend: Harness, make_req: Any) -
     assert back.attempts == 0  # handing back is not an attempt
     assert kinds(queue, job.id)[-1] == "requeued"
     assert "cancelled" not in kinds(queue, job.id)
+    # It runs its first attempt again, and its events keep unique, ordered ids.
+    backend.stop_workers(0.0)
+    again = backend.queue()
+    backend.start_worker(again, "w2")
+    again.cancel(wait_until(lambda: next((p.job_id for p in again.running() if p.step >= 1),
+                                         None), "the job to run again"))
+    (final,) = wait_done(again, job.id)
+    assert final.state is JobState.CANCELLED and final.attempts == 1
+    events = again.events_since(job.id, (-1, -1))
+    assert [e.data["attempt"] for e in events if e.type == "started"] == [1, 1]
+    keys = [e.key for e in events]
+    assert keys == sorted(set(keys))
 
 
 def test_failures_of_the_job_itself_are_final_and_others_are_retried() -> None:

@@ -188,13 +188,14 @@ class SQLiteQueue(QueueBase):
                 if not self._stopping:
                     self._wake.wait(timeout=block_s)
             return None
+        started = self.store.started_event(job.id) or JobEvent(
+            job.id, job.attempts, 0, "started", {"attempt": job.attempts, "worker": worker})
         with self._lock:
-            self._counters[job.id] = [job.attempts, 1]  # (attempt, 0) is 'started'
+            self._counters[job.id] = [started.attempt, started.n + 1]
             self._progress[job.id] = Progress(job.id, 0, job.request.steps)
             if job.cancel_requested:
                 self._cancels.add(job.id)
-        self.hub.publish(JobEvent(job.id, job.attempts, 0, "started",
-                                  {"attempt": job.attempts, "worker": worker}))
+        self.hub.publish(started)
         return Claim(job=job, attempt=job.attempts, worker=worker)
 
     def heartbeat(self, claim: Claim) -> LeaseState:

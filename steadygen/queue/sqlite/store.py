@@ -129,9 +129,10 @@ class JobStore:
 
     def claim_next(self, worker: str, max_attempts: int | None = None) -> Job | None:
         """Mark the next queued job (priority, then arrival) running for ``worker`` and
-        store its 'started' event (attempt k's first event, numbered (k, 0)) in the same
-        transaction. A job that already started ``max_attempts`` times without finishing
-        (its process died each time) ends failed as a dead letter instead."""
+        store its 'started' event (attempt k's first event, (k, 0), unless a hand-back made
+        it run attempt k again) in the same transaction. A job that already started
+        ``max_attempts`` times without finishing (its process died each time) ends failed
+        as a dead letter instead."""
         while True:
             with self._tx() as db:
                 row = db.execute(
@@ -160,9 +161,21 @@ class JobStore:
                 job.state, job.started_at, job.attempts, job.worker = (
                     JobState.RUNNING, now, job.attempts + 1, worker,
                 )
-                self._insert_event(db, JobEvent(job.id, job.attempts, 0, "started",
+                # (attempt, 0), or the next number when a handed-back job runs its attempt
+                # again: event ids stay unique.
+                n = self._next_n(db, job.id, job.attempts)
+                self._insert_event(db, JobEvent(job.id, job.attempts, n, "started",
                                                 {"attempt": job.attempts, "worker": worker}))
             return job
+
+    def started_event(self, job_id: str) -> JobEvent | None:
+        """The job's latest 'started' event (its id continues the numbering)."""
+        rows = self._read("SELECT attempt, n, data FROM events WHERE job_id=? AND "
+                          "type='started' ORDER BY attempt DESC, n DESC LIMIT 1", (job_id,))
+        if not rows:
+            return None
+        attempt, n, data = rows[0]
+        return JobEvent(job_id, int(attempt), int(n), "started", json.loads(data))
 
     def finish(
         self,
