@@ -73,6 +73,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     log_prompts: bool = False
     shutdown_grace_s: float = 30.0
+    live_previews: bool = True  # A1111 clients get previews (current_image), as in A1111
     # telemetry and attribution
     sampler_hz: float = 10.0  # 0 turns the sampler off
     temp_alert_c: float = 75.0

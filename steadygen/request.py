@@ -39,6 +39,9 @@ class GenerationRequest:
     model: str
     negative_prompt: str = ""
     seed_was_random: bool = False
+    # send a live preview of the latents with each step event; changes neither the image
+    # nor the shape key
+    preview: bool = False
 
     @property
     def uses_cfg(self) -> bool:
@@ -153,8 +156,9 @@ def validate_request(
 ) -> GenerationRequest:
     """Check ``raw`` against the shared rules and return a GenerationRequest.
 
-    Keys: prompt, negative_prompt, width, height, steps, guidance, seed, n, model. Missing
-    optional keys take Z-Image-Turbo's defaults. Raises InvalidRequest with every broken rule.
+    Keys: prompt, negative_prompt, width, height, steps, guidance, seed, n, model, preview.
+    Missing optional keys take Z-Image-Turbo's defaults. Raises InvalidRequest with every
+    broken rule.
     """
     c = _Checker()
     known = list(models)
@@ -197,6 +201,9 @@ def validate_request(
         seed, random_seed = secrets.randbelow(SEED_MAX + 1), True
     else:
         seed, random_seed = c.integer("seed", raw_seed, 0, SEED_MAX), False
+    preview = raw.get("preview", False)
+    if not isinstance(preview, bool):
+        c.fail("preview", f"must be true or false (got {preview!r})")
     model = raw.get("model") or default_model
     if not isinstance(model, str) or model not in known:
         c.fail("model", f"must be one of {', '.join(known)} (got {model!r})")
@@ -215,4 +222,5 @@ def validate_request(
         n=n,
         model=str(model),
         seed_was_random=random_seed,
+        preview=preview is True,
     )

@@ -97,6 +97,7 @@ class Engine:
         self._memory: memory.Offloader | None = None
         self._graphs: graphs.GraphRunner | None = None
         self.fault_hook: Callable[[str], None] | None = None  # tests inject faults here
+        self._previewer: Any = None  # built on the first preview (engine/preview.py)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -242,6 +243,15 @@ class Engine:
     def step_estimate(self, req: GenerationRequest) -> float | None:
         """The last measured warm step time for this shape, if any (for ETAs)."""
         return self._step_s_by_shape.get(_shape(req))
+
+    def preview(self, latents: Any) -> bytes:
+        """A small JPEG of the first image's latents mid-denoising (``StepProgress.latents``),
+        by the VAE's fitted latent->RGB map; the map is loaded or fitted on the first call."""
+        if self._previewer is None:
+            from steadygen.engine.preview import Previewer, load_or_fit
+
+            self._previewer = Previewer(load_or_fit(self.pipe.vae, self.cache_dir))
+        return bytes(self._previewer.jpeg(latents))
 
     def versions(self) -> dict[str, str]:
         import diffusers

@@ -4,6 +4,7 @@
 import { api, ApiError, openStream } from "./api.js";
 import { $, $$, h, secs } from "./dom.js";
 import { copyParams, diagnosisBlock, imagesGrid, jobTimes, paramsBody, phaseBar } from "./jobview.js";
+import { PREVIEW_REQUEST, resetPreview, showPreview } from "./preview.js";
 
 // The size rule until GET /readyz tells this server's limits (setModelDefaults).
 const SIDE = { min: 256, max: 2048, multiple: 16 };
@@ -181,7 +182,7 @@ async function submit() {
   const button = $("#generate");
   button.disabled = true;
   try {
-    const job = await api("/v1/jobs", { method: "POST", body });
+    const job = await api("/v1/jobs", { method: "POST", body: { ...body, ...PREVIEW_REQUEST } });
     const { seed, ...remembered } = body;
     localStorage.setItem(FORM_STORE, JSON.stringify({ ...remembered, seed: seed ?? null }));
     track(job);
@@ -207,6 +208,7 @@ function track(job) {
   $("#cancel").disabled = false;
   $("#cancel").textContent = "Cancel";
   $("#p-prompt").textContent = job.request.prompt;
+  resetPreview();
   setProgress(job.progress ? job.progress.step : 0, job.request.steps);
   setTitle(job.state === "running" ? "Generating" : "Queued");
   $("#p-position").textContent = job.state === "running" ? "running" : position(job.position);
@@ -275,6 +277,7 @@ function onJobEvent(ev) {
       active.steps = data.steps;
       setProgress(data.step, data.steps);
       setEta(data.eta_s);
+      showPreview(data);
       if (data.step >= data.steps) setTitle("Decoding and saving");
       tick();
       return false;
