@@ -270,6 +270,31 @@ def _named(report: dict[str, Any], config: str, interfered: bool,
     return f"{named} of {len(runs)}"
 
 
+def preview_overhead(d: dict[str, Any]) -> str:
+    p = d["params"]
+    rows = []
+    for size, r in d["sizes"].items():
+        raw = r["preview_cost_every_step"]
+        rows.append([
+            size, ms(r["step_s"]["median"]),
+            f"{ms(r['preview_s']['median'])} ({r['jpeg_bytes_median'] / 1000:.1f} kB)",
+            f"{pct(r['cost_per_step_every'])} (per-round IQR {pct(raw['p25'])} to "
+            f"{pct(raw['p75'])})",
+            f"**{pct(r['cost_per_step_budget'])}** (plain sums: "
+            f"{pct(r['cost_per_step_budget_by_sums']['median'])})",
+            f"{r['steps_with_preview_budget'] * 100:.0f} %",
+            f"{r['loop_ratio_every_off']['median']:.2f} / "
+            f"{r['loop_ratio_budget_off']['median']:.2f}",
+        ])
+    return header(d) + (
+        f"\nTiny model, {p['steps']} steps, {p['torch_threads']} torch thread, "
+        f"{p['warmup']} warm-up rounds then {p['pairs']} interleaved rounds of: no preview, "
+        f"a preview at every step, the {pct(d['target_cost_per_step'])} budget.\n\n") + table(
+        ["size", "median step", "median preview", "every step: cost per step",
+         "budget: cost per step", "steps with a preview (budget)",
+         "loop time per step vs off (every / budget)"], rows)
+
+
 @dataclass(frozen=True)
 class Figure:
     source: Path
@@ -290,6 +315,7 @@ def figures() -> dict[str, Figure]:
         "eta_accuracy": bench("eta_accuracy", eta_accuracy),
         "workers_throughput": bench("workers_throughput", workers_throughput),
         "soak": bench("soak", soak),
+        "preview_overhead": bench("preview_overhead", preview_overhead),
         "ab": Figure(DOCS / "bench/ab/report.json", ab, "benchmarks/run_all.sh"),
         "ab_interference": Figure(DOCS / "bench/ab-interference/report.json", ab,
                                   "benchmarks/run_all.sh"),

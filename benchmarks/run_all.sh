@@ -31,6 +31,7 @@ step "$PY" benchmarks/concurrency.py --rounds 4
 step "$PY" benchmarks/eta_accuracy.py --bursts 3
 step "$PY" benchmarks/workers_throughput.py --jobs 40 --pairs 10
 step "$PY" benchmarks/soak.py --jobs 4000
+step "$PY" benchmarks/preview_overhead.py --pairs 20 --sizes 256x256,512x512
 AB=(--config A:concurrency=4,empty_cache_per_request=true,warmup=false --config B
     --clients 4 --runs 40 --rounds 4 --warmup-runs 2)
 step "$STEADYGEN" bench "${AB[@]}" --out docs/bench/ab

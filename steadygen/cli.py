@@ -105,6 +105,8 @@ def generate(ctx: click.Context, prompt: str, **opts: Any) -> None:
 @click.option("--api-key", help="Require 'Authorization: Bearer KEY' on every API route.")
 @click.option("--max-queue", type=int, help="Waiting jobs before 429 (default 64).")
 @click.option("--concurrency", type=int, help="Jobs run at once (default 1; more is slower).")
+@click.option("--memory", type=click.Choice(["auto", "high", "balanced", "low"]),
+              help="What stays on the GPU (default auto: from the card's memory).")
 @click.option("--queue", "queue_url", help="redis://host:port/db: enqueue for remote workers.")
 @click.option("--sampler-hz", type=float, help="Telemetry samples per second (0 = off).")
 @click.option("--empty-cache-per-request", is_flag=True, default=None,

@@ -5,6 +5,7 @@ and ``worker`` compose the same way."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from steadygen.config import Settings
@@ -32,12 +33,17 @@ def build_engine(settings: Settings) -> Engine:
         vae_tiling=settings.vae_tiling,
         prompt_cache_size=settings.prompt_cache_size,
         empty_cache_per_request=settings.empty_cache_per_request,
+        memory=settings.memory,
+        cuda_graphs=settings.cuda_graphs,
+        exact_length_prompts=settings.exact_length_prompts,
+        vae_decode=settings.vae_decode,
     )
     engine = Engine.create(
         model=settings.model,
         device=settings.device,
         cache_dir=settings.cache_dir,
         options=options,
+        concurrency=settings.concurrency,
     )
     engine.configure_edits(EditConfig(
         inputs_dir=settings.inputs_dir, lora_dir=settings.lora_dir,
@@ -51,9 +57,14 @@ def gpu_index(device: str) -> int:
     return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
 
 
-def build_sampler(settings: Settings, device: str) -> Sampler:
+def build_sampler(
+    settings: Settings, device: str, own_gpu_bytes: Callable[[int], int | None] | None = None
+) -> Sampler:
     """A sampler for ``device`` (its GPU only, when it is one) with the alert thresholds;
-    not started. ``sampler_hz`` 0 gives one that only reads counters at job edges."""
+    not started. ``sampler_hz`` 0 gives one that only reads counters at job edges.
+    ``own_gpu_bytes`` (GPU index -> our allocator's reserved bytes) lets telemetry find our
+    own GPU process where NVML's pids are the host's (a container); on CUDA it defaults to
+    the engine's allocator statistics."""
     from steadygen.telemetry.alerts import Alerts, AlertThresholds
     from steadygen.telemetry.sampler import Sampler
 
@@ -66,7 +77,15 @@ def build_sampler(settings: Settings, device: str) -> Sampler:
         gpu_indices=[gpu_index(device)] if device.startswith("cuda") else None,
         alerts=alerts,
         enable_gpu=True,
+        own_gpu_bytes=own_gpu_bytes or (_reserved_bytes if device.startswith("cuda") else None),
     )
+
+
+def _reserved_bytes(index: int) -> int | None:
+    """Our allocator's reserved bytes on GPU ``index`` (0 before CUDA is initialised)."""
+    from steadygen.engine.device import memory_stats
+
+    return int(memory_stats(f"cuda:{index}").get("reserved_bytes", 0))
 
 
 def build_diagnoser(settings: Settings, sampler: Sampler | None = None) -> Diagnoser:

@@ -75,6 +75,10 @@ class Settings:
     lora_dir: Path | None = None
     controlnet: Path | None = None
     lora_cache_size: int = 8  # adapters kept loaded at once
+    memory: str = "auto"  # auto | high | balanced | low (what stays on the GPU)
+    cuda_graphs: bool = False  # one CUDA graph per warm shape for the transformer
+    exact_length_prompts: bool = True  # encode only the prompt's real tokens
+    vae_decode: str = "plain"  # plain | tuned (cuDNN autotuning + channels-last)
     # HTTP service
     host: str = "127.0.0.1"
     port: int = 7860
@@ -86,6 +90,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     log_prompts: bool = False
     shutdown_grace_s: float = 30.0
+    live_previews: bool = True  # A1111 clients get previews (current_image), as in A1111
     # telemetry and attribution
     sampler_hz: float = 10.0  # 0 turns the sampler off
     temp_alert_c: float = 75.0
@@ -229,6 +234,10 @@ def _check(s: Settings) -> None:
         )
     if s.vae_tiling not in ("auto", "on", "off"):
         raise ConfigError(f"vae_tiling must be auto, on or off (got {s.vae_tiling!r})")
+    if s.memory not in ("auto", "high", "balanced", "low"):
+        raise ConfigError(f"memory must be auto, high, balanced or low (got {s.memory!r})")
+    if s.vae_decode not in ("plain", "tuned"):
+        raise ConfigError(f"vae_decode must be plain or tuned (got {s.vae_decode!r})")
     if s.queue_url and not s.queue_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f"queue must be a Redis URL such as redis://127.0.0.1:6379/0 (got {s.queue_url!r})"

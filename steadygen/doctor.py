@@ -98,6 +98,9 @@ def software_checks(settings: Settings) -> list[Check]:
         "engine options", OK,
         f"attention={settings.attention}, compile={settings.compile}, fp8={settings.fp8}, "
         f"vae_tiling={settings.vae_tiling}, prompt cache={settings.prompt_cache_size}, "
+        f"memory={settings.memory}, cuda_graphs={settings.cuda_graphs}, "
+        f"exact_length_prompts={settings.exact_length_prompts}, "
+        f"vae_decode={settings.vae_decode}, "
         f"empty cache per request={settings.empty_cache_per_request}"))
     if settings.empty_cache_per_request:
         checks.append(Check(
@@ -147,10 +150,35 @@ def gpu_checks(backend: Any, settings: Settings, why_absent: str = "") -> list[C
                 f"sudo nvidia-smi -i {i} -pm 1"))
         elif info.persistence_mode:
             checks.append(Check(f"{tag} persistence mode", OK, "on"))
+        checks.append(_memory_mode_check(tag, g, settings))
         checks += _clock_checks(tag, i, info, g)
         checks += _power_temp_checks(tag, i, info, g, settings)
         checks += _process_checks(tag, i, g, [p for p in processes if p.gpu_index == i])
     return checks
+
+
+MODE_ORDER = {"low": 0, "balanced": 1, "high": 2}
+
+
+def _memory_mode_check(tag: str, g: Any, settings: Settings) -> Check:
+    """The memory mode this card's memory suits, against the one configured."""
+    from steadygen.engine.memory import recommend
+
+    total = None if g is None else g.mem_total_bytes
+    if total is None:
+        return Check(f"{tag} memory mode", SKIP, "total memory not readable")
+    mode, why = recommend(total)
+    asked = settings.memory
+    if asked in ("auto", mode):
+        return Check(f"{tag} memory mode", OK,
+                     f"{mode}" + (" (auto picks it)" if asked == "auto" else "") + f": {why}")
+    if MODE_ORDER[asked] > MODE_ORDER[mode]:
+        return Check(f"{tag} memory mode", WARN,
+                     f"memory={asked} may not fit {total / GIB:.0f} GiB; {mode} suits it: {why}",
+                     f"steadygen serve --memory {mode}  # or STEADYGEN_MEMORY={mode}")
+    return Check(f"{tag} memory mode", OK,
+                 f"memory={asked} keeps less on the GPU than {total / GIB:.0f} GiB allows; "
+                 f"{mode} would move fewer weights")
 
 
 def _clock_checks(tag: str, i: int, info: Any, g: Any) -> list[Check]:

@@ -71,6 +71,9 @@ class GenerationRequest:
         if self.loras:
             parts.append("lora=" + "+".join(sorted(spec.name for spec in self.loras)))
         return ",".join(parts)
+    # send a live preview of the latents with each step event; changes neither the image
+    # nor the shape key
+    preview: bool = False
 
     @property
     def uses_cfg(self) -> bool:
@@ -190,10 +193,11 @@ def validate_request(
 ) -> GenerationRequest:
     """Check ``raw`` against the shared rules and return a GenerationRequest.
 
-    Keys: prompt, negative_prompt, width, height, steps, guidance, seed, n, model, and the
-    edit fields (steadygen.editing: mode, init_image, mask, control_image, strength, loras,
-    control_scale, mask_blur, mask_invert, inpaint_fill, inpaint_full_res, resize_mode). Missing
-    optional keys take Z-Image-Turbo's defaults. Raises InvalidRequest with every broken rule.
+    Keys: prompt, negative_prompt, width, height, steps, guidance, seed, n, model, preview,
+    and the edit fields (steadygen.editing: mode, init_image, mask, control_image, strength,
+    loras, control_scale, mask_blur, mask_invert, inpaint_fill, inpaint_full_res,
+    resize_mode). Missing optional keys take Z-Image-Turbo's defaults. Raises InvalidRequest
+    with every broken rule.
     """
     c = _Checker()
     known = list(models)
@@ -236,6 +240,9 @@ def validate_request(
         seed, random_seed = secrets.randbelow(SEED_MAX + 1), True
     else:
         seed, random_seed = c.integer("seed", raw_seed, 0, SEED_MAX), False
+    preview = raw.get("preview", False)
+    if not isinstance(preview, bool):
+        c.fail("preview", f"must be true or false (got {preview!r})")
     model = raw.get("model") or default_model
     if not isinstance(model, str) or model not in known:
         c.fail("model", f"must be one of {', '.join(known)} (got {model!r})")
@@ -255,5 +262,6 @@ def validate_request(
         n=n,
         model=str(model),
         seed_was_random=random_seed,
+        preview=preview is True,
         **edits,
     )

@@ -106,7 +106,7 @@ def test_a_healthy_gpu_passes_and_the_doctor_exits_zero(
     gpu = [c for c in report["checks"] if c["name"] == "NVML" or c["name"].startswith("GPU 0")]
     assert {c["name"] for c in gpu} == {
         "NVML", "GPU 0 driver", "GPU 0 persistence mode", "GPU 0 clocks", "GPU 0 power limit",
-        "GPU 0 temperature", "GPU 0 other processes"}
+        "GPU 0 temperature", "GPU 0 other processes", "GPU 0 memory mode"}
     assert all(c["status"] == OK and c["fix"] == "" for c in gpu), gpu
 
 
@@ -223,3 +223,24 @@ def test_the_real_command_here_exits_zero_with_gpu_checks_skipped(run_cli) -> No
         assert checks["NVML"].status == SKIP
         assert result.returncode == 0 and report["ok"] is True, result.stderr
     assert result.returncode == (0 if report["ok"] else 1)
+
+
+@pytest.mark.parametrize(
+    ("total_gib", "asked", "status", "says"),
+    [
+        (141, "auto", OK, "high (auto picks it)"),
+        (24, "auto", OK, "balanced (auto picks it)"),
+        (12, "auto", OK, "low (auto picks it)"),
+        (12, "high", WARN, "memory=high may not fit 12 GiB; low suits it"),
+        (80, "low", OK, "high would move fewer weights"),
+    ],
+)
+def test_the_memory_mode_is_recommended_from_the_cards_memory(
+    install_nvml, total_gib: int, asked: str, status: str, says: str,  # type: ignore[no-untyped-def]
+) -> None:
+    install_nvml(FakeNvml(devices=[FakeDevice(mem_total=total_gib * GIB, mem_used=0)]))
+    checks = by_name(gpu_checks(NvmlBackend(), Settings(memory=asked)))
+    check = checks["GPU 0 memory mode"]
+    assert check.status == status and says in check.detail, check
+    if status == WARN:
+        assert check.fix.startswith("steadygen serve --memory low")

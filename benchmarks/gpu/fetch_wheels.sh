@@ -6,6 +6,7 @@
 #   benchmarks/gpu/fetch_wheels.sh [DEST]          # DEST: $WHEELS or benchmarks/gpu/wheels
 #   PYTHON_VERSIONS="3.11 3.12" benchmarks/gpu/fetch_wheels.sh /tmp/w
 #   ONLY="diffusers transformers torchao importlib_metadata" benchmarks/gpu/fetch_wheels.sh
+#   LIST=benchmarks/gpu/carry.txt benchmarks/gpu/fetch_wheels.sh   # the lent GPU's subset
 #
 # PYTHON_VERSIONS: the GPU machine's python3 (default 3.12); several fetch for each.
 # ONLY: a subset of wheels.lock by name, for a GPU image that already has the rest (the
@@ -17,6 +18,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dest="${1:-${WHEELS:-$here/wheels}}"
 versions="${PYTHON_VERSIONS:-3.12}"
 only="${ONLY:-}"
+list="${LIST:-$here/wheels.lock}"
 python="${PYTHON:-python3}"
 mkdir -p "$dest"
 
@@ -27,7 +29,7 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
   platforms+=(--platform "$p")
 done
 
-mapfile -t pins < <(grep -v '^\s*#' "$here/wheels.lock" | sed '/^\s*$/d')
+mapfile -t pins < <(grep -v '^\s*#' "$list" | sed '/^\s*$/d')
 if [[ -n "$only" ]]; then
   selected=()
   for pin in "${pins[@]}"; do

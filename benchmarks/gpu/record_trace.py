@@ -8,7 +8,9 @@ auto, no compile) runs a cold first job and then a few warm ones of the full-siz
 architecture with random bf16 weights at 1024x1024, 8 steps, with idle gaps between them.
 Writes OUT/nvml_trace.json: every Sample.to_dict(), the per-job telemetry window summaries
 (counter deltas: energy, throttle time), and marks on the same monotonic clock (job start and
-end, phase ends, each step's end), so a test can cut the samples by phase and step.
+end, phase ends, each step's end), so a test can cut the samples by phase and step. Windows
+follow one edge rule, half-open: a sample belongs to a job, phase or step when
+``start <= t_mono < end`` (``steadygen.telemetry.window.in_window``).
 """
 
 from __future__ import annotations

@@ -2,108 +2,58 @@
 its evidence, and keep an honest unexplained remainder.
 
 excess = (queue wait + service) - expected service, where the expectation is the shape's
-baseline (a robust median of warm runs) without the memory-management overhead that it may
-include. Then, in order:
+baseline (a robust median of warm runs) without the phases that are booked as causes when
+measured (memory management, offloading, adapter switches: ``BASELINE_PHASES``). Then:
 
-1. queue wait, cold start (load, warm-up or compile paid in the job, the first run of a
-   shape) and memory management (per-request cache emptying) are measured directly;
-2. the rest of the service excess is sized from the job's own signals against the baseline's:
-   - GPU clocks: each step's time against its mean SM clock (a compute-bound step scales
-     with 1/clock), with the reason from clock-event bits and throttle-time counters;
-   - host CPU contention: named only when our threads' run-queue delay per CPU second is
-     past the baseline's usual by its spread (2.5x at least: a shared machine always waits
-     some); sized as the delay beyond the usual, divided by the parallelism a clean run of
-     this shape has (the wall-clock cost of one waiting thread among p);
-   - foreign GPU processes: what remains of the step excess while another process computed
-     on our GPU;
+1. measured phases (``MEASURED_PHASES``: queue wait, load and warm-up or compile, adapter
+   switches, offloading, cache emptying) are booked at their measured seconds; the first run
+   of a shape adds only what it visibly paid once: its first step's excess over its own
+   later steps (allocations, kernel and plan selection). The rest of a first run's excess is
+   left to the other causes, so contention or throttling on a first run is still seen;
+2. the rest of the service excess is sized from the job's own signals against the baseline's
+   (``gpu.py``: SM clocks per step, foreign processes by their sampled GPU share; ``cpu.py``:
+   run-queue delay past this machine's calibration), each within what is left;
 3. unexplained = excess - the causes, never forced to zero (negative: faster than expected).
-   A signal seen in a job that was not slower than expected is kept as a note, not a cause.
+   A cause must be past the noise floor (5 % of the expected time and 2 ms) to be named; a
+   signal seen in a job that was not slower than expected is kept as a note, not a cause.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from steadygen.analysis.baseline import (
-    K_SPREAD,
-    REL_WAIT,
-    WAIT_PER_CPU,
-    Expectation,
-    ShapeKey,
-    cpu_wait_threshold,
-    wait_per_cpu,
+from steadygen.analysis.baseline import Expectation, ShapeKey
+from steadygen.analysis.causes import (
+    ADAPTER,
+    BASELINE_PHASES,
+    CAUSE_KINDS,
+    CAUSES,
+    CLOCKS,
+    COLD,
+    CPU,
+    FOREIGN,
+    MEASURED_PHASES,
+    MEMORY,
+    OFFLOAD,
+    QUEUE,
+    Cause,
+    Diagnosis,
+    phase_seconds,
 )
-from steadygen.engine.timings import Timings
+from steadygen.analysis.cpu import cpu_cause
+from steadygen.analysis.gpu import clock_cause, foreign_cause
 
-QUEUE = "queue_wait"
-COLD = "cold_start"
-CLOCKS = "gpu_clocks"
-FOREIGN = "foreign_gpu_process"
-CPU = "cpu_contention"
-MEMORY = "memory_management"
-CAUSES = (QUEUE, COLD, CLOCKS, FOREIGN, CPU, MEMORY)
+__all__ = [
+    "ADAPTER", "CAUSES", "CAUSE_KINDS", "CLOCKS", "COLD", "CPU", "FOREIGN", "MEMORY",
+    "OFFLOAD", "QUEUE", "Cause", "Diagnosis", "attribute", "make_diagnoser", "signals_of",
+]
 
 # A cause is named only past this share of the expected service time (and 2 ms), so that
 # scheduling noise on a clean run does not read as a cause.
 MIN_SHARE = 0.05
 MIN_SECONDS = 0.002
-MIN_COMPETITOR_PCT = 5.0  # a foreign process below this CPU share is not a competitor
-
-_REASON_WORDS = {
-    "sw_thermal": "thermal (software slowdown)",
-    "hw_thermal": "thermal (hardware slowdown)",
-    "sw_power_cap": "power cap",
-    "hw_power_brake": "power brake (external)",
-    "hw_slowdown": "hardware slowdown",
-    "sync_boost": "sync boost",
-    "applications_clocks": "application clocks setting",
-}
-
-
-@dataclass(frozen=True)
-class Cause:
-    kind: str
-    seconds: float
-    evidence: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    actual_s: float
-    expected_s: float | None
-    excess_s: float | None
-    slow: bool
-    causes: list[Cause]
-    unexplained_s: float | None
-    baseline_runs: int = 0
-    baseline_exact: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def main_cause(self) -> str | None:
-        best = max(self.causes, key=lambda c: c.seconds, default=None)
-        return best.kind if best is not None else None
-
-    def cause(self, kind: str) -> Cause | None:
-        return next((c for c in self.causes if c.kind == kind), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["main_cause"] = self.main_cause
-        return out
-
-    def log_line(self, job_id: str) -> str:
-        parts = ", ".join(f"{c.kind} {c.seconds:.2f} s" for c in self.causes) or "no cause found"
-        expected = f"{self.expected_s:.2f}" if self.expected_s is not None else "?"
-        unexplained = f"{self.unexplained_s:.2f}" if self.unexplained_s is not None else "?"
-        return (
-            f"slow job {job_id}: {self.actual_s:.2f} s against {expected} s expected: "
-            f"{parts}; unexplained {unexplained} s"
-        )
 
 
 def signals_of(window: Any, gpu_index: int = 0) -> dict[str, float]:
@@ -123,7 +73,7 @@ def signals_of(window: Any, gpu_index: int = 0) -> dict[str, float]:
 
 
 def attribute(
-    timings: Timings,
+    timings: Any,
     expectation: Expectation | None,
     window: Any = None,
     *,
@@ -133,62 +83,43 @@ def attribute(
     context: Sequence[Any] = (),
     empty_cache_per_request: bool = False,
 ) -> Diagnosis:
-    """Diagnose one finished job. ``window`` is its TelemetryWindow (or None when the
-    sampler is off); ``context`` is a few samples around it (for host process names)."""
+    """Diagnose one finished job. ``timings`` is the engine's Timings (any object with its
+    fields); ``window`` its TelemetryWindow (or None when the sampler is off); ``context`` a
+    few samples around it (for host process names)."""
     service = timings.total_s
     actual = timings.queue_wait_s + service
-    causes: list[Cause] = []
     notes: list[str] = []
-
-    # 1. Measured directly.
-    if timings.queue_wait_s > MIN_SECONDS:
-        causes.append(Cause(QUEUE, timings.queue_wait_s,
-                            f"waited {timings.queue_wait_s:.2f} s in the queue before starting"))
-    memory_s = timings.memory_s
-    if memory_s > MIN_SECONDS:
-        what = "per-request cache emptying" if empty_cache_per_request else "memory release"
-        causes.append(Cause(MEMORY, memory_s, f"{what} took {memory_s:.3f} s after the images",
-                            {"empty_cache_per_request": empty_cache_per_request}))
+    causes = _measured(timings, recompiles, empty_cache_per_request)
+    measured_in_service = sum(
+        phase_seconds(timings, ph.field) for ph in MEASURED_PHASES if ph.in_service)
 
     if expectation is None:
-        cold = timings.load_s + timings.warmup_s
-        if cold > MIN_SECONDS or timings.first_of_shape:
-            causes.append(_cold_cause(cold, timings, recompiles, None))
         notes.append("no baseline for this shape yet: expectations start after warm runs")
-        return Diagnosis(actual, None, None, False, _named(causes, service), None, notes=notes)
+        # Nothing to compare with: measured phases only, and a first run said as such.
+        named = [c for c in causes if c.seconds >= MIN_SECONDS or c.kind == COLD]
+        notes += [f"{c.kind} measured below the noise floor ({c.seconds:.3f} s): {c.evidence}"
+                  for c in causes if c not in named]
+        return Diagnosis(actual, None, None, False, named, None, notes=notes)
 
-    mem_expected = expectation.phases.get("memory", 0.0)
-    expected = max(1e-9, expectation.total_s - mem_expected)
+    booked_phases = sum(expectation.phases.get(p, 0.0) for p in BASELINE_PHASES)
+    expected = max(1e-9, expectation.total_s - booked_phases)
     excess = actual - expected
-    cold = timings.load_s + timings.warmup_s
-    if timings.first_of_shape:
-        # The first run of a shape pays cuDNN/compile/allocator set-up in its steps.
-        cold = max(cold, service - memory_s - expected)
-    if cold > MIN_SECONDS or timings.first_of_shape:  # a first run is named even when cheap
-        causes.append(_cold_cause(cold, timings, recompiles, expectation))
 
     # 2. Sized from the job's own signals, within what is left of the service excess.
-    left = service - expected - memory_s - cold
+    left = service - expected - measured_in_service - _one_off(timings)
     if window is not None:
-        for sizer in (_clock_cause, _cpu_cause, _foreign_cause):
-            cause = sizer(timings, expectation, window, max(left, 0.0), gpu_index, context)
-            if cause is None:
-                continue
-            if cause.seconds > 0:
-                causes.append(cause)
-                left -= cause.seconds
-            else:  # seen, but the job was not slower than its expectation for it
-                notes.append(f"{cause.kind} seen without cost: {cause.evidence}")
-    named = _named(causes, expected)
+        notes += _sized(timings, expectation, window, max(left, 0.0), gpu_index, context,
+                        causes)
+    named, quiet = _split(causes, expected)
+    notes += quiet
     unexplained = excess - sum(c.seconds for c in named)
-    slow = actual > expected * (1 + slow_margin)
     if not expectation.exact:
         notes.append(f"expectation scaled from another shape ({expectation.key.label()})")
     return Diagnosis(
         actual_s=actual,
         expected_s=expected,
         excess_s=excess,
-        slow=slow,
+        slow=actual > expected * (1 + slow_margin),
         causes=sorted(named, key=lambda c: -c.seconds),
         unexplained_s=unexplained,
         baseline_runs=expectation.runs,
@@ -197,203 +128,82 @@ def attribute(
     )
 
 
-def _named(causes: list[Cause], expected_s: float) -> list[Cause]:
-    """The causes worth naming: past the noise floor, and always a cold start and the
-    cache emptying that the settings asked for (both known for certain, whatever they cost)."""
+def _sized(t: Any, exp: Expectation, window: Any, left: float, gpu: int,
+           ctx: Sequence[Any], causes: list[Cause]) -> list[str]:
+    """Clocks, then CPU contention, then foreign processes, each within what is left."""
+    notes: list[str] = []
+
+    def book(cause: Cause | None) -> float:
+        if cause is None:
+            return 0.0
+        if cause.seconds > 0:
+            causes.append(cause)
+            return cause.seconds
+        notes.append(f"{cause.kind} seen without cost: {cause.evidence}")
+        return 0.0
+
+    left -= book(clock_cause(t, exp, window, left, gpu))
+    left -= book(cpu_cause(exp, window, left, ctx))
+    foreign, idle = foreign_cause(t, exp, window, left, gpu)
+    book(foreign)
+    return notes + idle
+
+
+def _measured(t: Any, recompiles: int, empty_cache: bool) -> list[Cause]:
+    """One cause per kind in MEASURED_PHASES with its measured seconds, and the first run's
+    visible one-off set-up added to cold start."""
+    seconds: dict[str, float] = {}
+    parts: dict[str, list[str]] = {}
+    for ph in MEASURED_PHASES:
+        value = phase_seconds(t, ph.field)
+        if value > 0:
+            seconds[ph.kind] = seconds.get(ph.kind, 0.0) + value
+            parts.setdefault(ph.kind, []).append(f"{ph.words} {value:.3f} s")
+    one_off = _one_off(t)
+    first = bool(getattr(t, "first_of_shape", False))
+    if first:
+        seconds[COLD] = seconds.get(COLD, 0.0) + one_off
+        parts.setdefault(COLD, []).append(
+            f"first run of this shape in this process: its first step took {one_off:.3f} s "
+            "more than its later steps")
+    if recompiles and COLD in parts:
+        parts[COLD].append(f"{recompiles} recompile(s)")
+    out = []
+    for kind, value in seconds.items():
+        details: dict[str, Any] = {ph.field: phase_seconds(t, ph.field)
+                                   for ph in MEASURED_PHASES if ph.kind == kind}
+        if kind == COLD:
+            details.update(first_of_shape=first, first_step_one_off_s=one_off,
+                           recompiles=recompiles)
+        if kind == MEMORY:
+            details["empty_cache_per_request"] = empty_cache
+        evidence = "; ".join(parts[kind])
+        if kind == MEMORY and empty_cache:
+            evidence = "per-request cache emptying: " + evidence
+        out.append(Cause(kind, value, evidence, details))
+    if first and COLD not in seconds:
+        out.append(Cause(COLD, 0.0, "; ".join(parts[COLD]), {
+            "first_of_shape": True, "first_step_one_off_s": 0.0, "recompiles": recompiles}))
+    return out
+
+
+def _one_off(t: Any) -> float:
+    """What a shape's first run visibly paid once: its first step's excess over the median
+    of its later steps (0 for a warm run, or with fewer than three steps)."""
+    steps = list(getattr(t, "steps_s", []) or [])
+    if not getattr(t, "first_of_shape", False) or len(steps) < 3:
+        return 0.0
+    return max(0.0, steps[0] - statistics.median(steps[1:]))
+
+
+def _split(causes: list[Cause], expected_s: float) -> tuple[list[Cause], list[str]]:
+    """The causes worth naming (past the noise floor), and a note for each one measured
+    below it, so a cheap cold start or cache emptying is said without being blamed."""
     floor = max(MIN_SECONDS, MIN_SHARE * expected_s)
-    return [c for c in causes if c.seconds >= floor or c.kind == COLD
-            or (c.kind == MEMORY and c.details.get("empty_cache_per_request"))]
-
-
-def _cold_cause(
-    seconds: float, t: Timings, recompiles: int, exp: Expectation | None
-) -> Cause:
-    bits = []
-    if t.load_s > 0:
-        bits.append(f"model load {t.load_s:.2f} s")
-    if t.warmup_s > 0:
-        bits.append(f"warm-up or compile {t.warmup_s:.2f} s")
-    if recompiles:
-        bits.append(f"{recompiles} recompile(s)")
-    if t.first_of_shape:
-        bits.append("first run of this shape in this process")
-    return Cause(COLD, max(0.0, seconds), "; ".join(bits) or "cold start",
-                 {"load_s": t.load_s, "warmup_s": t.warmup_s, "recompiles": recompiles,
-                  "first_of_shape": t.first_of_shape})
-
-
-def _step_edges(t: Timings) -> list[tuple[float, float]]:
-    start = t.marks.get("prepare_end")
-    if start is None or not t.step_ends:
-        return []
-    edges = [start, *t.step_ends]
-    return list(zip(edges, edges[1:], strict=False))
-
-
-def _clock_cause(
-    t: Timings, exp: Expectation, window: Any, left: float, gpu: int, _ctx: Sequence[Any]
-) -> Cause | None:
-    base = exp.signals.get("sm_clock_hz")
-    clocks = window.series(f"gpu.{gpu}.sm_clock_hz")
-    if not base or not clocks:
-        return None
-    lost = 0.0
-    per_step = []
-    for (a, b), step_s in zip(_step_edges(t), t.steps_s, strict=False):
-        c = _mean_in(clocks, a, b)
-        if c is None:
-            continue
-        per_step.append(c)
-        if c < base:
-            lost += step_s * (1.0 - c / base)  # compute-bound: time scales with 1/clock
-    if lost <= 0:
-        return None
-    seconds = min(lost, left)
-    job_clock = statistics.median(per_step)
-    reason, reason_evidence = _clock_reason(window, gpu)
-    return Cause(
-        CLOCKS,
-        seconds,
-        f"SM clock {job_clock / 1e6:.0f} MHz against {base / 1e6:.0f} MHz in the baseline"
-        + (f"; reason: {reason_evidence}" if reason_evidence else ""),
-        {"sm_clock_hz": job_clock, "baseline_sm_clock_hz": base, "reason": reason},
-    )
-
-
-def _clock_reason(window: Any, gpu: int) -> tuple[str | None, str]:
-    d = window.deltas.gpu(gpu)
-    throttled = {k: v for k, v in (d.throttle_s if d else {}).items() if v and v > 0}
-    if throttled:
-        name = max(throttled, key=lambda k: throttled[k])
-        return name, f"{_REASON_WORDS.get(name, name)}, {throttled[name]:.2f} s throttled"
-    counts: dict[str, int] = {}
-    for s in window.samples:
-        g = s.gpu(gpu)
-        for name in g.clock_events if g is not None else ():
-            if name in _REASON_WORDS:
-                counts[name] = counts.get(name, 0) + 1
-    if not counts:
-        return None, ""
-    name = max(counts, key=lambda k: counts[k])
-    share = counts[name] / max(1, len(window.samples))
-    return name, f"{_REASON_WORDS[name]} active in {share:.0%} of samples"
-
-
-def _cpu_cause(
-    t: Timings, exp: Expectation, window: Any, left: float, _gpu: int, ctx: Sequence[Any]
-) -> Cause | None:
-    """Host CPU contention, named only when our threads waited for a CPU, per CPU second
-    they ran, past the baseline's usual wait by its own spread (``cpu_wait_threshold``): on
-    a shared machine some waiting is normal, and the baseline's runs say how much."""
-    d = window.deltas
-    if d.run_delay_s is None:
-        return None
-    base_delay = exp.signals.get("run_delay_s", 0.0)
-    wait, usual, limit = wait_per_cpu(d.run_delay_s, d.cpu_s), exp.signals.get(WAIT_PER_CPU), None
-    if wait is not None and usual is not None:
-        limit = cpu_wait_threshold(exp)
-        if limit is None or wait <= limit:
-            return None
-        expected_delay = usual * (d.cpu_s or 0.0)  # what this job's CPU use usually waits
-    else:  # no CPU seconds: compare the delays themselves
-        expected_delay = base_delay
-        if d.run_delay_s <= base_delay + max(
-            K_SPREAD * exp.spread.get("run_delay_s", 0.0), REL_WAIT * base_delay
-        ):
-            return None
-    extra_delay = d.run_delay_s - expected_delay
-    if extra_delay <= 0:
-        return None
-    clean_cpu = exp.signals.get("cpu_s")
-    parallel = clean_cpu / exp.total_s if clean_cpu and exp.total_s else 1.0
-    parallel = min(max(parallel, 1.0), float(_cpu_count(window)))
-    seconds = min(extra_delay / parallel, left)
-    names = _foreign_cpu_names(list(window.samples) + list(ctx))
-    psi = d.psi_stall_s.get("cpu") if d.psi_stall_s else None
-    evidence = f"our threads waited {d.run_delay_s:.3f} s for a CPU"
-    if wait is not None and usual is not None and limit is not None:
-        evidence += (f", {wait:.2f} s per CPU second against {usual:.2f} s usually "
-                     f"(contended past {limit:.2f})")
-    else:
-        evidence += f" (baseline {base_delay:.3f} s)"
-    evidence += f"; {extra_delay:.3f} s extra over {parallel:.1f} busy threads"
-    cpus = _cpu_count(window)
-    own_busy = d.cpu_s / d.duration_s if d.cpu_s and d.duration_s > 0 else None
-    if own_busy is not None and own_busy >= 0.75 * cpus:
-        evidence += (f"; our own process kept {own_busy:.1f} of {cpus} CPUs busy "
-                     "(our concurrent jobs compete too)")
-    if psi is not None:
-        evidence += f"; CPU pressure stalled tasks {psi:.3f} s"
-    if names:
-        evidence += "; competing: " + ", ".join(
-            f"{n['name']} (pid {', '.join(map(str, n['pids']))}: {n['cpu_pct']:.0f}%)"
-            for n in names
-        )
-    return Cause(CPU, seconds, evidence, {
-        "run_delay_s": d.run_delay_s, "baseline_run_delay_s": exp.signals.get("run_delay_s"),
-        "wait_per_cpu": wait, "baseline_wait_per_cpu": usual, "wait_per_cpu_limit": limit,
-        "extra_run_delay_s": extra_delay, "parallelism": parallel, "competitors": names,
-        "psi_cpu_stall_s": psi, "own_cpus_busy": own_busy,
-    })
-
-
-def _foreign_cause(
-    t: Timings, exp: Expectation, window: Any, left: float, _gpu: int, _ctx: Sequence[Any]
-) -> Cause | None:
-    foreign = window.foreign_processes
-    if not foreign:
-        return None
-    busy = [p for p in foreign if p.sm_util_pct is None or p.sm_util_pct > 0]
-    if not busy:
-        return None
-    who = ", ".join(
-        f"{p.name or '?'} (pid {p.pid}"
-        + (f", {p.used_bytes / 2**30:.1f} GiB" if p.used_bytes else "")
-        + (f", {p.sm_util_pct:.0f}% SM" if p.sm_util_pct is not None else "")
-        + ")"
-        for p in busy
-    )
-    step_excess = t.denoise_s - exp.step_s * len(t.steps_s)
-    seconds = min(left, max(step_excess, 0.0)) if step_excess > 0 else 0.0
-    return Cause(FOREIGN, seconds, f"other processes computed on our GPU: {who}", {
-        "processes": [{"pid": p.pid, "name": p.name, "used_bytes": p.used_bytes,
-                       "sm_util_pct": p.sm_util_pct} for p in busy],
-    })
-
-
-def _mean_in(series: list[tuple[float, float]], a: float, b: float) -> float | None:
-    inside = [v for t, v in series if a <= t <= b]
-    if inside:
-        return sum(inside) / len(inside)
-    before = [v for t, v in series if t <= b]  # a step shorter than the sampling period
-    return before[-1] if before else None
-
-
-def _cpu_count(window: Any) -> int:
-    for s in window.samples:
-        if s.host.cpu_count:
-            return int(s.host.cpu_count)
-    import os
-
-    return os.cpu_count() or 1
-
-
-def _foreign_cpu_names(samples: Sequence[Any], n: int = 3) -> list[dict[str, Any]]:
-    """Other processes by name, with their pids and their largest CPU share in one scan
-    (summed over the processes of that name: two burners at 90 % read 180 %)."""
-    best: dict[str, float] = {}
-    pids: dict[str, set[int]] = {}
-    for s in samples:
-        per_name: dict[str, float] = {}
-        for p in s.host.top_foreign:
-            per_name[p.name] = per_name.get(p.name, 0.0) + p.cpu_pct
-            if p.cpu_pct >= MIN_COMPETITOR_PCT:
-                pids.setdefault(p.name, set()).add(p.pid)
-        for name, pct in per_name.items():
-            best[name] = max(best.get(name, 0.0), pct)
-    ranked = sorted(best.items(), key=lambda kv: -kv[1])
-    return [{"name": k, "cpu_pct": v, "pids": sorted(pids.get(k, ()))}
-            for k, v in ranked[:n] if v >= MIN_COMPETITOR_PCT]
+    named = [c for c in causes if c.seconds >= floor]
+    quiet = [f"{c.kind} measured below the noise floor ({c.seconds:.3f} s < {floor:.3f} s): "
+             f"{c.evidence}" for c in causes if c.seconds < floor and c.kind in (COLD, MEMORY)]
+    return named, quiet
 
 
 def make_diagnoser(
@@ -402,7 +212,7 @@ def make_diagnoser(
     """The function the worker calls after each job (see queue/runner.py)."""
 
     def diagnose(
-        *, job_id: str, key: ShapeKey, expectation: Expectation | None, timings: Timings,
+        *, job_id: str, key: ShapeKey, expectation: Expectation | None, timings: Any,
         window: Any, engine: Any, recompiles: int = 0,
     ) -> dict[str, Any]:
         context: list[Any] = []

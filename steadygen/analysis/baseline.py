@@ -5,9 +5,9 @@ A baseline is the median over a sliding window of recent warm runs of the same s
 moves it little. It is rebuilt from the job history at start, which is how it persists.
 
 A baseline describes the machine in its usual state, so a run that its own signals show as
-CPU-contended (our threads waited for a CPU far longer per CPU second than the baseline's
-runs did; see ``cpu_wait_threshold``) does not teach it: otherwise a hog running half the
-time would drag the expectation up and hide itself. When contention lasts (``NEW_NORMAL``,
+CPU-contended (our threads waited for a CPU past the calibrated limit; see
+``CpuCalibration``) does not teach it: otherwise a hog running half the time would drag the
+expectation up, and the calibration with it, and hide itself. When contention lasts (``NEW_NORMAL``,
 half a window of such runs in a row), it is the machine's new normal and the baseline
 restarts from them.
 """
@@ -20,20 +20,23 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from steadygen.analysis.causes import BASELINE_PHASES
+
 WINDOW = 50
 MIN_RUNS = 1
 
-# CPU contention, in run-queue delay per CPU second of our process ("wait per CPU"): a run
-# is contended past median + max(K_SPREAD robust sigmas, REL_WAIT x median, MIN_WAIT) of the
-# baseline's runs, i.e. past 2.5x its usual wait and by 0.25 s per CPU second at least.
-# Measured on a shared 2-core machine (issue 6, 150+ tiny-model jobs): other people's load
-# moved clean runs up to 2x their baseline's median wait, and by up to ~0.3 s/s when the
-# machine was calmer (median 0.1-0.7); 2 to 6 CPU burners in our process group gave 2.5x
-# to 12x the median.
+# CPU contention, in run-queue delay per CPU second of our process ("wait per CPU"), is
+# calibrated on this machine's own clean runs (see ``CpuCalibration``): a run is contended
+# past the median of the baseline's runs plus K_SPREAD robust sigmas of them, and never
+# below the 90th percentile of its clean runs. K_SPREAD is a statistical choice (four
+# sigmas: about 1 in 30,000 for normal noise), not a property of any one machine.
 K_SPREAD = 4.0
-REL_WAIT = 1.5
-MIN_WAIT = 0.25
-FILTER_MIN_RUNS = 5  # the filter needs this many runs to know what usual looks like
+CALIBRATION_MIN_RUNS = 5  # fewer clean runs: not calibrated, contention is not named
+# The calibration rests on the most recent clean runs only, so it follows a shared machine's
+# background load as it drifts (a window of 50 runs may span very different hours).
+CALIBRATION_WINDOW = 20
+CALIBRATED = ("run_delay_s",)  # signals whose medians come from the recent runs too
+FILTER_MIN_RUNS = CALIBRATION_MIN_RUNS  # the filter needs a calibration too
 NEW_NORMAL = WINDOW // 2  # contended runs in a row that restart the baseline from them
 WAIT_PER_CPU = "run_delay_per_cpu_second"  # a ratio: seconds waited per second run
 MAD_TO_SIGMA = 1.4826
@@ -78,6 +81,8 @@ class Expectation:
     exact: bool = True  # False when scaled from another shape
     signals: dict[str, float] = field(default_factory=dict)  # median run delay, clock, ...
     spread: dict[str, float] = field(default_factory=dict)  # robust sigma (1.4826 MAD)
+    upper: dict[str, float] = field(default_factory=dict)  # 90th percentile of the runs
+    calibration_runs: int = 0  # runs with a CPU wait measured (kept when scaled)
 
     @property
     def tail_s(self) -> float:
@@ -94,7 +99,64 @@ class Expectation:
             "exact": self.exact,
             "signals": self.signals,
             "spread": self.spread,
+            "upper": self.upper,
+            "calibration_runs": self.calibration_runs,
         }
+
+
+@dataclass(frozen=True)
+class CpuCalibration:
+    """Where CPU waiting becomes contention on this machine, from its own clean runs.
+
+    ``usual``: the median of the runs' values; ``sigma``: their robust spread (1.4826 MAD);
+    ``upper``: their 90th percentile (a clean run this high is this machine's normal, and
+    one contended run that slipped in before the calibration cannot set the bar);
+    ``limit = max(usual + K_SPREAD x sigma, upper)``. The value is wait per CPU second
+    (``signal == WAIT_PER_CPU``), or the run-queue delay itself in seconds when CPU time is
+    unknown (``signal == "run_delay_s"``).
+    """
+
+    signal: str
+    runs: int
+    usual: float
+    sigma: float
+    upper: float
+
+    @property
+    def calibrated(self) -> bool:
+        return self.runs >= CALIBRATION_MIN_RUNS
+
+    @property
+    def limit(self) -> float:
+        return max(self.usual + K_SPREAD * self.sigma, self.upper)
+
+    def describe(self) -> str:
+        unit = " s per CPU second" if self.signal == WAIT_PER_CPU else " s"
+        return (f"calibrated on {self.runs} clean runs of this machine: usual "
+                f"{self.usual:.3f}{unit}, spread {self.sigma:.3f}, 90th percentile "
+                f"{self.upper:.3f}; contended past {self.limit:.3f}{unit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signal": self.signal, "runs": self.runs, "usual": self.usual,
+                "sigma": self.sigma, "upper": self.upper, "limit": self.limit,
+                "k_spread": K_SPREAD}
+
+
+def calibrate(values: list[float], signal: str = WAIT_PER_CPU) -> CpuCalibration:
+    if not values:
+        return CpuCalibration(signal, 0, 0.0, 0.0, 0.0)
+    return CpuCalibration(signal, len(values), statistics.median(values),
+                          robust_sigma(values), upper_decile(values))
+
+
+def cpu_calibration(exp: Expectation, signal: str = WAIT_PER_CPU) -> CpuCalibration | None:
+    """The calibration an expectation carries for ``signal``; None when it has none."""
+    usual = exp.signals.get(signal)
+    if usual is None:
+        return None
+    runs = exp.calibration_runs or exp.runs
+    return CpuCalibration(signal, runs, usual, exp.spread.get(signal, 0.0),
+                          exp.upper.get(signal, usual))
 
 
 def wait_per_cpu(delay: float | None, cpu: float | None) -> float | None:
@@ -102,18 +164,6 @@ def wait_per_cpu(delay: float | None, cpu: float | None) -> float | None:
     if delay is None or cpu is None or cpu <= 0:
         return None
     return delay / cpu
-
-
-def cpu_wait_threshold(exp: Expectation) -> float | None:
-    """The wait per CPU second past which a run of this shape is CPU-contended."""
-    usual = exp.signals.get(WAIT_PER_CPU)
-    if usual is None:
-        return None
-    return wait_threshold(usual, exp.spread.get(WAIT_PER_CPU, 0.0))
-
-
-def wait_threshold(usual: float, sigma: float) -> float:
-    return usual + max(K_SPREAD * sigma, REL_WAIT * usual, MIN_WAIT)
 
 
 @dataclass(frozen=True)
@@ -148,9 +198,10 @@ class Baselines:
             "steps": float(sum(timings["steps_s"])),
             "decode": float(timings.get("decode_s", 0.0)),
             "save": float(timings.get("save_s", 0.0)),
-            "memory": float(timings.get("memory_s", 0.0)),
             "other": float(timings.get("other_s", 0.0)),
         }
+        for phase, name in BASELINE_PHASES.items():  # booked as causes: kept apart
+            phases[phase] = float(timings.get(name) or 0.0)
         run = WarmRun(
             float(timings["total_s"]), tuple(map(float, timings["steps_s"])), phases,
             dict(signals or {}),
@@ -174,10 +225,11 @@ class Baselines:
     @staticmethod
     def _is_contended(run: WarmRun, runs: deque[WarmRun]) -> bool:
         wait = _wait(run)
-        usual = [w for r in runs if (w := _wait(r)) is not None]
-        if wait is None or len(usual) < FILTER_MIN_RUNS:
+        recent = list(runs)[-CALIBRATION_WINDOW:]
+        cal = calibrate([w for r in recent if (w := _wait(r)) is not None])
+        if wait is None or not cal.calibrated:
             return False
-        return wait > wait_threshold(statistics.median(usual), robust_sigma(usual))
+        return wait > cal.limit
 
     def expected(self, key: ShapeKey, exclude_last: bool = False) -> Expectation | None:
         """The expectation for ``key``; scaled from the nearest known shape if it has none."""
@@ -206,6 +258,8 @@ class Baselines:
             exact=False,
             signals=_scaled_signals(base.signals, scale),
             spread=_scaled_signals(base.spread, scale),
+            upper=_scaled_signals(base.upper, scale),
+            calibration_runs=base.calibration_runs,
         )
 
     def keys(self) -> list[ShapeKey]:
@@ -217,14 +271,18 @@ def _expectation(key: ShapeKey, runs: list[WarmRun]) -> Expectation:
     steps = [s for r in runs for s in r.steps_s]
     phases = {p: statistics.median(r.phases[p] for r in runs) for p in runs[0].phases}
     values: dict[str, list[float]] = {}
+    recent = runs[-CALIBRATION_WINDOW:]
     for r in runs:
         for n, v in r.signals.items():
-            values.setdefault(n, []).append(v)
+            if n not in CALIBRATED or r in recent:
+                values.setdefault(n, []).append(v)
+    for r in recent:  # the calibration follows the machine as it is now
         wait = _wait(r)
         if wait is not None:
             values.setdefault(WAIT_PER_CPU, []).append(wait)
     signals = {n: statistics.median(v) for n, v in sorted(values.items())}
     spread = {n: robust_sigma(v) for n, v in sorted(values.items())}
+    upper = {n: upper_decile(v) for n, v in sorted(values.items())}
     return Expectation(
         key=key,
         runs=len(runs),
@@ -233,11 +291,22 @@ def _expectation(key: ShapeKey, runs: list[WarmRun]) -> Expectation:
         phases=phases,
         signals=signals,
         spread=spread,
+        upper=upper,
+        calibration_runs=len(values.get(WAIT_PER_CPU, values.get("run_delay_s", []))),
     )
 
 
 def _wait(run: WarmRun) -> float | None:
     return wait_per_cpu(run.signals.get("run_delay_s"), run.signals.get("cpu_s"))
+
+
+def upper_decile(values: list[float]) -> float:
+    """The 90th percentile by the lower nearest rank: the largest value once the top tenth
+    (one run at least) is left out, so a single contended run cannot set it."""
+    if not values:
+        return 0.0
+    ranked = sorted(values)
+    return ranked[int(0.9 * (len(ranked) - 1))]
 
 
 def robust_sigma(values: list[float]) -> float:

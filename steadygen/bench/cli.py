@@ -31,6 +31,12 @@ def run_bench_command(settings: Settings, opts: dict[str, Any], command: str) ->
         raise ConfigError(f"--runs must be at least 2 (got {opts['runs']})")
     if opts.get("rate") is not None and opts["rate"] <= 0:
         raise ConfigError(f"--rate must be above 0 arrivals per second (got {opts['rate']})")
+    interfere = InterferenceSpec.parse(opts["interfere"]) if opts.get("interfere") else None
+    if interfere is not None and interfere.kind in ("gpu", "vram") and not _cuda_here():
+        raise ConfigError(
+            f"--interfere {interfere.kind} needs a CUDA GPU on this machine and there is none; "
+            "use --interfere cpu, or run the benchmark where the GPU is"
+        )
     plan = BenchPlan(
         request=request,
         runs=opts["runs"],
@@ -38,7 +44,7 @@ def run_bench_command(settings: Settings, opts: dict[str, Any], command: str) ->
         clients=opts["clients"],
         rate=opts.get("rate"),
         warmup_runs=opts["warmup_runs"],
-        interfere=InterferenceSpec.parse(opts["interfere"]) if opts.get("interfere") else None,
+        interfere=interfere,
         interfere_every=max(1, opts["interfere_every"]),
     )
 
@@ -60,6 +66,13 @@ def run_bench_command(settings: Settings, opts: dict[str, Any], command: str) ->
     print(paths["markdown"].read_text())
     say("report: " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _cuda_here() -> bool:
+    """Asked before any model loads: a GPU interferer without a GPU is refused at once."""
+    from steadygen.engine.device import cuda_available
+
+    return cuda_available()
 
 
 def _readable(command: str) -> str:

@@ -27,6 +27,8 @@ CAUSE_COLOURS = {
     "foreign_gpu_process": "#b279a2",
     "cpu_contention": "#eeca3b",
     "memory_management": "#9d755d",
+    "offload": "#ff9da6",
+    "adapter_switch": "#54a24b",
 }
 
 
@@ -52,7 +54,9 @@ def analyse(records: Sequence[RunRecord], names: Sequence[str]) -> dict[str, Any
                 {"latency_s": r.latency_s, "service_s": r.service_s, "main_cause": r.main_cause}
                 for r in warm
             ],
-            "interfered": summarize([r.latency_s for r in runs if r.interfered]).to_dict(),
+            "interfered": summarize([r.latency_s for r in runs
+                                     if r.interfered and r.interference_valid]).to_dict(),
+            "interfered_invalid": sum(1 for r in runs if not r.interference_valid),
             "clean": summarize([r.latency_s for r in runs if not r.interfered]).to_dict(),
             "telemetry": _telemetry_ranges(runs),
             "attribution": _attribution_summary(runs),
@@ -171,6 +175,13 @@ def _markdown(meta: dict[str, Any], a: dict[str, Any], names: Sequence[str],
         ci = a["configs"][name].get("latency_ci", {})
         lines.append(f"| {name} | " + " | ".join(_ci(ci.get(stat), unit) for stat, unit in (
             ("mean", "s"), ("cv", ""), ("p99_over_p50", ""), ("p50", "s"), ("p99", "s"))) + " |")
+    invalid = {n: a["configs"][n].get("interfered_invalid", 0) for n in names}
+    if any(invalid.values()):
+        lines += ["", "**Interference not proven**: "
+                  + ", ".join(f"{n}: {k} run(s)" for n, k in invalid.items() if k)
+                  + " ran in rounds whose interferers did not report a heartbeat all through "
+                  "(see each run's `interference`); they are left out of the interfered "
+                  "figures."]
     if any(a["configs"][n]["interfered"]["n"] for n in names):
         lines += ["", "## Clean and interfered runs (latency)", "",
                   "| config | runs | clean mean | clean p50 | clean p99 | interfered runs "

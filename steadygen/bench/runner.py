@@ -75,6 +75,13 @@ class RunRecord:
     slow: bool = False
     telemetry: dict[str, Any] | None = None
     error: str | None = None
+    # interfered runs: whether the interferers' heartbeats covered the round (and what they
+    # achieved); a round without them is invalid and left out of the interfered figures
+    interference: dict[str, Any] | None = None
+
+    @property
+    def interference_valid(self) -> bool:
+        return not self.interfered or bool(self.interference and self.interference["valid"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,25 +263,33 @@ def run_bench(
         interfered = plan.interfere is not None and (
             rnd % plan.interfere_every == plan.interfere_every - 1
         )
-        with _interference(plan.interfere if interfered else None):
+        with _interference(plan.interfere if interfered else None) as interferer:
             for name in order:
                 progress(f"round {rnd + 1}/{len(per_round)}: {name}, {count} runs"
                          + (" with interference" if interfered else ""))
+                t0 = time.monotonic()
                 batch = run_batch(targets[name], plan, name, count, index[name], rnd, False,
                                   interfered)
+                if interferer is not None:
+                    check = interferer.check(t0, time.monotonic())
+                    for rec in batch:
+                        rec.interference = check.to_dict()
+                    if not check.valid:
+                        progress(f"round {rnd + 1}: {name}'s interfered runs are invalid: "
+                                 f"{check.reason}")
                 index[name] += count
                 records += batch
     return records
 
 
 @contextmanager
-def _interference(spec: InterferenceSpec | None) -> Iterator[None]:
+def _interference(spec: InterferenceSpec | None) -> Iterator[Interferer | None]:
     if spec is None:
         with nullcontext():
-            yield
+            yield None
         return
-    with Interferer(spec):
-        yield
+    with Interferer(spec) as interferer:
+        yield interferer
 
 
 def _split(total: int, parts: int) -> list[int]:

@@ -40,6 +40,13 @@ def memory_stats(dev: str) -> dict[str, float]:
     }
 
 
+def reset_peak(dev: str) -> None:
+    """Start a new peak: ``memory_stats``' peak is then this job's (a memory mode's cost)."""
+    import torch
+
+    torch.cuda.reset_peak_memory_stats(torch.device(dev))
+
+
 def is_oom(exc: BaseException) -> bool:
     import torch
 

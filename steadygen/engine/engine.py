@@ -8,6 +8,7 @@ modules only.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -18,8 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steadygen.engine import modes, speed
-from steadygen.engine.device import configure_allocator, cuda_available, is_oom, memory_stats
+from steadygen.engine import graphs, memory, modes, speed
+from steadygen.engine.device import (
+    configure_allocator,
+    cuda_available,
+    is_oom,
+    memory_stats,
+    reset_peak,
+)
+from steadygen.engine.encode import encode_prompt
 from steadygen.engine.models import ModelSpec, default_model_name, require_available, resolve_model
 from steadygen.engine.outputs import a1111_parameters, save_png, unique_stem
 from steadygen.engine.timings import StepClock, Timings
@@ -85,7 +93,11 @@ class Engine:
         self._warm_shapes: set[tuple[int, int, bool, int, str, bool]] = set()
         self._prompt_cache = speed.PromptCache(self.options.prompt_cache_size)
         self._step_s_by_shape: dict[tuple[int, int, bool, int, str, bool], float] = {}
+        self._warm_keys: set[tuple[Any, ...]] = set()  # shape + caption buckets
+        self._memory: memory.Offloader | None = None
+        self._graphs: graphs.GraphRunner | None = None
         self.fault_hook: Callable[[str], None] | None = None  # tests inject faults here
+        self._previewer: Any = None  # built on the first preview (engine/preview.py)
         self.edits = modes.EditState(modes.EditConfig())
 
     def configure_edits(self, config: modes.EditConfig) -> None:
@@ -102,6 +114,7 @@ class Engine:
         cache_dir: Path | str | None = None,
         options: speed.EngineOptions | None = None,
         turbo_source: str | None = None,
+        concurrency: int = 1,
     ) -> Engine:
         """Pick the model and device (CUDA when present) and check the model can run here."""
         if cache_dir is None:
@@ -117,6 +130,10 @@ class Engine:
         if dev.startswith("cuda") and not has_cuda:
             raise GenerationError(f"device {dev} was asked for but CUDA is not available here")
         require_available(spec, dev.startswith("cuda"))
+        plan = memory.plan(opts.memory, memory.device_total_bytes(dev))
+        refusal = concurrency_refusal(dev, concurrency) or memory.check_combination(plan, opts.fp8)
+        if refusal is not None:
+            raise ConfigError(refusal)
         if opts.fp8:  # refuse before loading 20 GB, not after
             refusal = speed.fp8_refusal(dev)
             if refusal is not None:
@@ -158,9 +175,13 @@ class Engine:
         pipe = ZImagePipeline.from_pretrained(
             source, dtype=dtype, local_files_only=local_only
         )
-        pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        plan = memory.plan(self.options.memory, memory.device_total_bytes(self.device))
+        self._memory = memory.Offloader(plan, self.device, self._sync)
+        self.applied.update(self._memory.place(pipe, fp8_compute=self.options.fp8))
         self.applied.update(speed.apply_options(pipe, self.options, self.device))
+        self._graphs, self.applied["cuda_graphs"] = graphs.install(
+            pipe.transformer, self.options.cuda_graphs, self.device, plan.offload_models)
         self.pipe = pipe
         self.load_s = time.monotonic() - t0
         log.info("loaded %s on %s in %.2f s", self.spec.name, self.device, self.load_s)
@@ -192,6 +213,8 @@ class Engine:
             twin.applied = dict(self.applied)
             twin.load_s = 0.0
             twin._warm_shapes = self._warm_shapes
+            twin._warm_keys = self._warm_keys
+            twin._memory = self._memory
             twin._step_s_by_shape = self._step_s_by_shape
             twin.edits = self.edits.fork()
             return twin
@@ -232,6 +255,15 @@ class Engine:
     def step_estimate(self, req: GenerationRequest) -> float | None:
         """The last measured warm step time for this shape, if any (for ETAs)."""
         return self._step_s_by_shape.get(_shape(req))
+
+    def preview(self, latents: Any) -> bytes:
+        """A small JPEG of the first image's latents mid-denoising (``StepProgress.latents``),
+        by the VAE's fitted latent->RGB map; the map is loaded or fitted on the first call."""
+        if self._previewer is None:
+            from steadygen.engine.preview import Previewer, load_or_fit
+
+            self._previewer = Previewer(load_or_fit(self.pipe.vae, self.cache_dir))
+        return bytes(self._previewer.jpeg(latents))
 
     def versions(self) -> dict[str, str]:
         import diffusers
@@ -308,9 +340,12 @@ class Engine:
     ) -> GenerationResult:
         """The stages in order, each timed at its edges (``timings.marks``)."""
         shape = _shape(req)
-        timings.first_of_shape = shape not in self._warm_shapes
+        if self.is_cuda:
+            reset_peak(self.device)  # result.memory's peak is this job's
         self._fault("start")
         embeds = self._encode(req, timings)  # 1
+        key = (*shape, speed.caption_buckets(_caption_lengths(req, embeds)))
+        timings.first_of_shape = key not in self._warm_keys  # a new size or caption bucket
         prepared = self._prepare_edit(req, inputs_dir, timings)  # 1b (editing only)
         latents, run = self._denoise(req, embeds, on_step, cancel, timings, prepared)  # 2
         images = self._decode_stage(req, latents, timings, prepared)  # 3
@@ -321,6 +356,7 @@ class Engine:
         if not timings.first_of_shape and timings.steps_s:
             self._step_s_by_shape[shape] = sorted(timings.steps_s)[len(timings.steps_s) // 2]
         self._warm_shapes.add(shape)
+        self._warm_keys.add(key)
         return GenerationResult(
             request=req,
             images=images,
@@ -333,6 +369,9 @@ class Engine:
             metadata={
                 "versions": self.versions(),
                 "options": self.options_summary(),
+                "shape_key": {"width": key[0], "height": key[1], "cfg": key[2], "n": key[3],
+                              "caption_buckets": list(key[-1])},
+                "first_run_of_shape": timings.first_of_shape,
                 **run,
                 "edit": vars(modes.EditFacts.of(req, self.edits.adapters)),
             },
@@ -348,13 +387,9 @@ class Engine:
         cached = self._prompt_cache.get(key)
         timings.prompt_cache_hit = cached is not None
         if cached is None:
-            with torch.inference_mode():
-                cached = pipe.encode_prompt(
-                    prompt=req.prompt,
-                    device=pipe._execution_device,
-                    do_classifier_free_guidance=req.uses_cfg,
-                    negative_prompt=req.negative_prompt or None,
-                )
+            with torch.inference_mode(), self._offload("text_encoder", timings, "encode"):
+                cached = encode_prompt(pipe, req.prompt, req.negative_prompt, req.uses_cfg,
+                                       self.options.exact_length_prompts)
             self._prompt_cache.put(key, cached)
         timings.marks["encode_end"] = self._sync()
         return cached
@@ -419,7 +454,7 @@ class Engine:
         try:
             with torch.inference_mode(), compiles, vae_clock, speed.mask_safe_attention(
                 pipe.transformer, backend, needs_mask=needs_mask
-            ):
+            ), self._offload("transformer", timings, "prepare", None):
                 latents = mode_pipe(
                     prompt_embeds=list(prompt_embeds),
                     negative_prompt_embeds=list(negative_embeds) if req.uses_cfg else None,
@@ -441,10 +476,15 @@ class Engine:
         timings.steps_s, timings.step_ends, timings.callbacks_s = clock.resolve(
             marks["denoise_end"]
         )
-        speed.move_compile_into_warmup(timings, compiles.events)  # compile is cold start
+        captures = self._graphs.drain_events() if self._graphs is not None else []
+        # compiles and graph captures are cold start, not slow steps
+        speed.move_compile_into_warmup(timings, compiles.events + captures)
         return latents, {
             "recompiles": compiles.count,  # compilations this job paid (0 when warm)
             "compile_s": compiles.seconds,
+            "graph_breaks": compiles.graph_breaks,
+            "graph_captures": len(captures),
+            "graph_capture_s": sum(e.seconds for e in captures),
             "attention_mask": needs_mask,
         }
 
@@ -456,8 +496,11 @@ class Engine:
         import torch
 
         self._fault("decode")
-        speed.vae_tiling_for(self.pipe.vae, self.options.vae_tiling, req.width, req.height)
-        with torch.inference_mode():
+        vae = self.pipe.vae
+        tiling = self._memory.vae_tiling(self.options.vae_tiling) if self._memory else "auto"
+        speed.vae_tiling_for(vae, tiling, req.width, req.height)
+        with torch.inference_mode(), self._offload("vae", timings, "decode"), \
+                speed.vae_decode_mode(vae, self.options.vae_decode, self.is_cuda):
             images = self._decode(latents)
         if prepared is not None:
             images = modes.finish_images(prepared, images)
@@ -506,10 +549,12 @@ class Engine:
 
     @staticmethod
     def _finish_timings(t: Timings, m: dict[str, float]) -> None:
-        t.encode_s = m["encode_end"] - m["start"] - t.load_s
+        off = t.offload_phases  # weights moved inside a phase are offload, not that phase
         edit_s = t.adapter_s + t.image_prep_s + t.vae_encode_s  # inside the same interval
-        t.prepare_s = max(0.0, m["prepare_end"] - m["encode_end"] - edit_s)
-        t.decode_s = m["decode_end"] - m["denoise_end"]
+        t.encode_s = m["encode_end"] - m["start"] - t.load_s - off.get("encode", 0.0)
+        t.prepare_s = max(0.0, m["prepare_end"] - m["encode_end"] - off.get("prepare", 0.0)
+                          - edit_s)
+        t.decode_s = m["decode_end"] - m["denoise_end"] - off.get("decode", 0.0)
         last = m.get("end", m["decode_end"])
         t.save_s = m.get("save_end", m["decode_end"]) - m["decode_end"]
         t.memory_s = last - m.get("save_end", last)
@@ -517,6 +562,14 @@ class Engine:
         # On CUDA the event-timed steps can differ slightly from the host interval; whatever
         # the host saw between the first step and the end of denoising that the steps do not
         # cover stays in other_s rather than being forced into a phase.
+
+    def _offload(self, name: str, timings: Timings, phase_in: str | None,
+                 phase_out: str | None = "") -> Any:
+        """The memory mode's timed moves around one model's stage (a no-op in high)."""
+        if self._memory is None:
+            return contextlib.nullcontext()
+        out = phase_in if phase_out == "" else phase_out
+        return self._memory.stage(self.pipe, name, timings, phase_in, out)
 
     def _sync(self) -> float:
         if self.is_cuda:
@@ -568,3 +621,22 @@ class Engine:
 
 def _shape(req: GenerationRequest) -> tuple[int, int, bool, int, str, bool]:
     return (req.width, req.height, req.uses_cfg, req.n, req.mode, req.control_image is not None)
+
+
+def _caption_lengths(req: GenerationRequest, embeds: tuple[Any, Any]) -> list[int]:
+    positive, negative = embeds
+    return [len(c) for c in positive] + ([len(c) for c in negative] if req.uses_cfg else [])
+
+
+def concurrency_refusal(device: str, concurrency: int) -> str | None:
+    """Running several jobs at once on one CUDA pipeline is refused: the engines would share
+    the transformer's step hooks, its attention processors (switched for masked calls) and
+    the VAE's tiling switch, so one job could change another's kernels mid-step."""
+    if concurrency > 1 and device.startswith("cuda"):
+        return (
+            f"concurrency {concurrency} on {device} is not supported: jobs on one GPU would "
+            "share the transformer's attention and VAE settings mid-run, and one GPU runs "
+            "them no faster than one at a time. Use concurrency 1 (the default), or one "
+            "worker per GPU (steadygen worker --device cuda:N)."
+        )
+    return None

@@ -70,3 +70,62 @@ def read_png_metadata(path: Path) -> dict[str, str]:
     """The text chunks of a PNG (parameters, steadygen)."""
     with Image.open(path) as im:
         return {k: v for k, v in im.info.items() if isinstance(v, str)}
+
+
+def read_image_text(data: bytes) -> dict[str, str]:
+    """The text chunks of an image given as bytes (a PNG's tEXt/iTXt chunks). Raises
+    ValueError when the bytes are not an image PIL can open."""
+    import io
+
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return {k: v for k, v in im.info.items() if isinstance(v, str)}
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+            Image.DecompressionBombError) as exc:  # what PIL raises on broken input
+        raise ValueError(f"not a readable image ({type(exc).__name__})") from exc
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """A1111's ``parameters`` text back into fields, as A1111's PNG-info does: the prompt
+    (the lines before 'Negative prompt:'), the negative prompt, then the last line's
+    'Key: value' pairs; 'Size: WxH' also gives 'Size-1' and 'Size-2'."""
+    lines = text.strip().split("\n")
+    settings = lines.pop() if lines and _looks_like_settings(lines[-1]) else ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in lines:
+        if line.startswith("Negative prompt:") or negative:
+            negative.append(line.removeprefix("Negative prompt:").strip() if not negative
+                            else line)
+        else:
+            prompt.append(line)
+    out = {"Prompt": "\n".join(prompt).strip(), "Negative prompt": "\n".join(negative).strip()}
+    for part in _split_settings(settings):
+        key, sep, value = part.partition(":")
+        if sep:
+            out[key.strip()] = value.strip().strip('"')
+    if "x" in out.get("Size", ""):
+        out["Size-1"], out["Size-2"] = out["Size"].split("x", 1)
+    return out
+
+
+def _looks_like_settings(line: str) -> bool:
+    return line.startswith("Steps:") or (", " in line and ": " in line.split(", ")[0])
+
+
+def _split_settings(line: str) -> list[str]:
+    """'a: 1, b: "x, y", c: 2' -> ['a: 1', 'b: "x, y"', 'c: 2'] (commas in quotes kept)."""
+    parts, current, quoted = [], "", False
+    for ch in line:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        parts.append(current.strip())
+    return parts

@@ -6,16 +6,14 @@ Compile is watched, not just switched on: ``CompileWatch`` counts the Dynamo com
 generation paid and how long they stalled it, and ``move_compile_into_warmup`` books that
 time as warm-up instead of as slow steps, so attribution can call it cold start.
 
-CUDA graphs are deliberately not offered. The compiled blocks run with dynamic shapes (a
-new resolution or prompt length must not recompile), and ``mode="reduce-overhead"`` records
-one graph per concrete shape per block variant, re-recording on every new shape; at 1024x1024
-a step is ~55 TFLOP of large GEMMs, so the GPU is never waiting on kernel launches and
-there is nothing for a graph to win back. The benchmark reports per-step times so that a
-launch-bound configuration would show.
+Compile is per shape: static shapes (``dynamic=False``), so each warm shape bucket (size x
+caption bucket x batch) gets kernels specialised for it, paid at warm-up. CUDA graphs, true-
+length prompt encoding and memory modes live in graphs.py, encode.py and memory.py.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import threading
@@ -26,27 +24,33 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from steadygen.engine.attention import (  # noqa: F401  (re-exported: callers use speed.*)
+    BACKENDS,
+    MASK_FREE_ONLY,
+    SEQ_MULTI_OF,
+    _capability,
+    attention_shape,
+    check_seq_multiple,
+    choose_backend,
+    fa3_probe,
+    fa3_usable,
+    mask_safe_attention,
+    needs_attention_mask,
+    set_backend,
+    time_backends,
+)
 from steadygen.errors import ConfigError
 
 log = logging.getLogger("steadygen.engine")
-
-# steadygen's names -> diffusers' attention backend names
-BACKENDS = {
-    "sdpa": "native",
-    "flash": "_native_flash",  # PyTorch's own flash SDPA kernel: no extra package
-    "cudnn": "_native_cudnn",
-    "flash3": "_flash_3",  # FlashAttention-3 (Hopper), needs the flash_attn_interface package
-}
-# These raise "attn_mask is not supported"; cuDNN through SDPA converts and takes a mask.
-MASK_FREE_ONLY = {"_native_flash", "_flash_3", "flash", "_flash_3_hub", "flash_hub"}
 TILING_AUTO_PIXELS = 1536 * 1536
-SEQ_MULTI_OF = 32  # Z-Image pads captions and images to this; checked against diffusers below
+
 # The compiled block has a handful of variants (modulated or not, batch 1 or more, with or
 # without a mask, per attention backend, bf16 or FP8). Dynamo's default of 8 per code object
 # is shared by all 34 blocks; past it Dynamo silently runs eager.
-RECOMPILE_LIMIT = 64
+RECOMPILE_LIMIT = 256  # static shapes: one entry per shape bucket and variant
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 FP8_MIN_CAPABILITY = (8, 9)
+FP8_PREFIXES = ("layers.", "noise_refiner.")  # not context_refiner: ~32 caption tokens
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class EngineOptions:
     empty_cache_per_request: bool = False  # the known-bad case, for benchmarks
     # inductor makes kernels; eager and aot_eager only trace (for studying recompiles)
     compile_backend: str = "inductor"
+    memory: str = "high"  # auto | high | balanced | low (memory.py)
+    cuda_graphs: bool = False  # one CUDA graph per warm shape for the transformer (graphs.py)
+    exact_length_prompts: bool = True  # encode the real tokens only (encode.py)
+    vae_decode: str = "plain"  # plain | tuned (cuDNN autotuning + channels-last, CUDA only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,122 +98,17 @@ class PromptCache:
             self._items.popitem(last=False)
 
 
-# -- attention ------------------------------------------------------------------------------
-
-
-def _capability(device: str) -> tuple[int, int] | None:
-    import torch
-
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return None
-    return tuple(torch.cuda.get_device_capability(torch.device(device)))  # type: ignore[return-value]
-
-
-def fa3_usable() -> bool:
-    """FlashAttention-3 importable *and* accepted by diffusers (it checks the version)."""
-    if importlib.util.find_spec("flash_attn_interface") is None:
-        return False
-    try:
-        from diffusers.models.attention_dispatch import (
-            AttentionBackendName,
-            _check_attention_backend_requirements,
-        )
-
-        _check_attention_backend_requirements(AttentionBackendName._FLASH_3)
-    except (ImportError, RuntimeError, OSError):
-        return False
-    return True
-
-
-def choose_backend(requested: str, device: str) -> tuple[str, str]:
-    """(diffusers backend name, a sentence on why), never raising: unavailable means SDPA.
-
-    ``auto`` prefers FlashAttention-3 on Hopper, then cuDNN attention, then PyTorch's flash
-    kernel (sm80+); ``mask_safe_attention`` covers the calls where a mask is needed.
-    """
-    cap = _capability(device)
-    if requested == "sdpa":
-        return "native", "SDPA as asked"
-    if cap is None:
-        if requested != "auto":
-            log.warning("attention %s needs a CUDA GPU; using SDPA", requested)
-            return "native", f"{requested} needs a CUDA GPU; using SDPA"
-        return "native", "SDPA (CPU)"
-    if requested in ("auto", "flash3"):
-        if cap[0] == 9 and fa3_usable():
-            return "_flash_3", "FlashAttention-3 on Hopper"
-        if requested == "flash3":
-            log.warning("FlashAttention-3 needs a Hopper GPU and flash_attn_interface; using SDPA")
-            return "native", "FlashAttention-3 unavailable here; using SDPA"
-    if requested in ("auto", "cudnn") and cap >= (8, 0):
-        note = " (FlashAttention-3 not usable here)" if requested == "auto" and cap[0] == 9 else ""
-        return "_native_cudnn", "cuDNN attention through SDPA" + note
-    if requested in ("auto", "flash") and cap >= (8, 0):
-        return "_native_flash", "PyTorch flash SDPA"
-    log.warning("attention %s is not available on sm%d%d; using SDPA", requested, *cap)
-    return "native", f"{requested} unavailable on sm{cap[0]}{cap[1]}; using SDPA"
-
-
-def set_backend(transformer: Any, backend: str) -> None:
-    """Point every attention processor at ``backend`` (a cheap loop; no re-dispatch)."""
-    from diffusers.models.attention_dispatch import AttentionBackendName
-
-    name = AttentionBackendName(backend)
-    for module in transformer.modules():
-        processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(processor, "_attention_backend"):
-            processor._attention_backend = name
-
-
-def needs_attention_mask(caption_lengths: Sequence[int]) -> bool:
-    """Whether Z-Image's transformer will build an attention mask for this batch.
-
-    diffusers (``_prepare_sequence`` and ``_build_unified_sequence`` in
-    transformer_z_image.py) pads every caption and image to a multiple of 32 tokens and
-    builds a mask only when the padded lengths in the batch differ. Images in one call share
-    a size, so only captions decide: CFG with a negative prompt in another 32-token bucket,
-    or a batch of prompts of different buckets. ``caption_lengths`` are the unpadded token
-    counts of every caption the transformer sees in one forward (positive and negative).
-    """
-    padded = {-(-int(n) // SEQ_MULTI_OF) * SEQ_MULTI_OF for n in caption_lengths}
-    return len(padded) > 1
-
-
-def check_seq_multiple() -> None:
-    """Fail loudly if diffusers changes the padding rule ``needs_attention_mask`` mirrors."""
-    from diffusers.models.transformers import transformer_z_image
-
-    found = getattr(transformer_z_image, "SEQ_MULTI_OF", None)
-    if found != SEQ_MULTI_OF:
-        raise RuntimeError(
-            f"diffusers pads Z-Image sequences to {found}, steadygen assumes {SEQ_MULTI_OF}: "
-            "update steadygen.engine.speed.SEQ_MULTI_OF"
-        )
-
-
-@contextmanager
-def mask_safe_attention(transformer: Any, backend: str, needs_mask: bool):
-    """Fall back to SDPA for one call when a mask-refusing backend would get a mask."""
-    if not needs_mask or backend not in MASK_FREE_ONLY:
-        yield
-        return
-    set_backend(transformer, "native")
-    try:
-        yield
-    finally:
-        set_backend(transformer, backend)
-
-
 # -- compile ----------------------------------------------------------------------------------
 
 
 def enable_compile(transformer: Any, backend: str = "inductor") -> str:
-    """torch.compile each repeated block (ZImageTransformerBlock) with dynamic shapes.
+    """torch.compile each repeated block (ZImageTransformerBlock) with static shapes.
 
-    Regional, not whole-model: the 34 blocks share a few compiled variants, so the first
-    call compiles in seconds-to-a-minute and a new resolution or prompt length does not
-    recompile (whole-model compile recompiles on both). A first batch of 2 (n=2 or CFG) and
-    a first mask do compile new variants once; ``COMPILE_WARMUP_VARIANTS`` pays for them.
+    Regional, not whole-model: the 34 blocks share their compiled code, so one shape costs
+    one compile of a block, not of the model. Static (``dynamic=False``): each shape bucket
+    (size x 32-token caption bucket x batch, with or without a mask) gets kernels made for
+    it, compiled at warm-up; a request in a shape warm-up did not cover compiles once, and
+    that compile is booked as cold start. ``CompileWatch`` counts compiles and graph breaks.
     """
     import torch._dynamo
 
@@ -217,14 +120,54 @@ def enable_compile(transformer: Any, backend: str = "inductor") -> str:
     for name in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.7
         if hasattr(config, name) and getattr(config, name) < RECOMPILE_LIMIT:
             setattr(config, name, RECOMPILE_LIMIT)
-    transformer.compile_repeated_blocks(fullgraph=False, dynamic=True, backend=backend)
-    return f"repeated blocks (ZImageTransformerBlock), dynamic shapes, {backend}"
+    names = set(getattr(transformer, "_repeated_blocks", ()) or ())
+    compiled: dict[type, Any] = {}
+    for module in transformer.modules():
+        cls = type(module)
+        if cls.__name__ not in names:
+            continue
+        if cls not in compiled:  # one compiled function per block class: shared code
+            compiled[cls] = torch.compile(cls.forward, fullgraph=False, dynamic=False,
+                                          backend=backend)
+        module.forward = functools.partial(_contiguous_call, compiled[cls], module)
+    return f"repeated blocks ({', '.join(sorted(names))}), static shapes per bucket, {backend}"
+
+
+def _contiguous_call(fn: Any, module: Any, *args: Any, **kwargs: Any) -> Any:
+    """Static shapes guard on strides too: the caption's RoPE table arrives as a slice whose
+    stride follows the exact caption length; made contiguous, only its bucket matters."""
+    args = tuple(_contiguous(a) for a in args)
+    kwargs = {k: _contiguous(v) for k, v in kwargs.items()}
+    return fn(module, *args, **kwargs)
+
+
+def _contiguous(value: Any) -> Any:
+    """The tensor with row-major strides, including those of size-1 dimensions (which
+    ``.contiguous()`` leaves alone and Dynamo still guards on); copies only when needed."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return value
+    expected, stride = [], 1
+    for size in reversed(value.shape):
+        expected.append(stride)
+        stride *= size
+    if tuple(reversed(expected)) == value.stride():
+        return value
+    return value.clone(memory_format=torch.contiguous_format)
+
+
+def disable_compile(transformer: Any) -> None:
+    """Back to eager blocks (the benchmark lets compiled and eager configurations share
+    weights)."""
+    for module in transformer.modules():
+        if isinstance(module.__dict__.get("forward"), functools.partial):
+            del module.forward
 
 
 # Extra warm-up requests when compile is on (on top of each configured size at n=1, no CFG):
-# a batch of two makes the batch dimension dynamic (Dynamo specialises size 1), and CFG with
-# a negative prompt in another 32-token bucket compiles the masked variant (and, for a
-# mask-refusing backend, the SDPA fallback).
+# a batch of two, and CFG with a negative prompt in another 32-token bucket (the masked
+# variant and, for a mask-refusing backend, the SDPA fallback).
 COMPILE_WARMUP_VARIANTS: tuple[dict[str, Any], ...] = (
     {"n": 2},
     {"guidance": 2.0, "negative_prompt": " ".join(["a longer negative prompt"] * 12)},
@@ -253,10 +196,12 @@ class CompileWatch:
 
     events: list[CompileEvent] = field(default_factory=list)
     fallback_count: int = 0
+    graph_breaks: int = 0  # Dynamo graph breaks met while the watch was open (all threads)
     _thread: int = 0
     _open: dict[str, tuple[float, str]] = field(default_factory=dict)
     _handler: Any = None
     _graphs_before: int = 0
+    _breaks_before: int = 0
 
     @property
     def count(self) -> int:
@@ -280,6 +225,7 @@ class CompileWatch:
         from torch._dynamo.utils import counters
 
         self._thread = threading.get_ident()
+        self._breaks_before = sum(counters["graph_break"].values())
         self._handler = getattr(torch._dynamo, "callback_handler", None)
         if self._handler is not None:
             self._handler.register_start_callback(self._on_start)
@@ -291,6 +237,7 @@ class CompileWatch:
     def __exit__(self, *exc: object) -> None:
         from torch._dynamo.utils import counters
 
+        self.graph_breaks = sum(counters["graph_break"].values()) - self._breaks_before
         if self._handler is None:
             self.fallback_count = counters["stats"]["unique_graphs"] - self._graphs_before
             return
@@ -337,17 +284,19 @@ def move_compile_into_warmup(timings: Any, events: Sequence[CompileEvent]) -> fl
 
 
 def fp8_linear_filter(module: Any, fqn: str) -> bool:
-    """Quantize the attention and feed-forward projections of the transformer blocks only.
+    """Quantize the attention and feed-forward projections of the blocks that see the image
+    tokens only (the 30 main layers and the noise refiner).
 
-    Embedders, the adaLN modulation (one row per image: nothing for FP8 to win) and the
-    final layer stay in bf16, as FP8 serving recipes for DiTs do; _scaled_mm needs both
-    dimensions divisible by 16.
+    The caption refiner sees about 32 tokens: quantising activations per row costs more
+    than the FP8 matrix product saves. Embedders, the adaLN modulation (one row per image)
+    and the final layer stay in bf16, as FP8 serving recipes for DiTs do; _scaled_mm needs
+    both dimensions divisible by 16.
     """
     import torch
 
     if not isinstance(module, torch.nn.Linear):
         return False
-    if not fqn.startswith(("layers.", "noise_refiner.", "context_refiner.")) or "adaLN" in fqn:
+    if not fqn.startswith(FP8_PREFIXES) or "adaLN" in fqn:
         return False
     return module.in_features % 16 == 0 and module.out_features % 16 == 0
 
@@ -381,15 +330,23 @@ def enable_fp8(pipe: Any, device: str) -> str:
     config = Float8DynamicActivationFloat8WeightConfig(
         granularity=PerRow(), set_inductor_config=False
     )
+    layers = fp8_layers(pipe.transformer)
     quantize_(pipe.transformer, config, filter_fn=fp8_linear_filter)
-    return "torchao float8 (e4m3, per-row scales) on the blocks' attention and FFN linears"
+    return (f"torchao float8 (e4m3, per-row scales) on {len(layers)} attention and FFN "
+            f"linears of {', '.join(sorted({n.split('.')[0] for n in layers}))}; caption "
+            "refiner, embedders, modulation and final layer in bf16")
+
+
+def fp8_layers(transformer: Any) -> list[str]:
+    """The names of the linears ``enable_fp8`` quantizes."""
+    return [n for n, m in transformer.named_modules() if fp8_linear_filter(m, n)]
 
 
 def apply_options(pipe: Any, options: EngineOptions, device: str) -> dict[str, Any]:
     """Apply the options to a loaded pipeline; returns what was actually applied, and why."""
     check_seq_multiple()
     applied: dict[str, Any] = {}
-    backend, why = choose_backend(options.attention, device)
+    backend, why = choose_backend(options.attention, device, attention_shape(pipe.transformer))
     if backend != "native":
         set_backend(pipe.transformer, backend)
     applied["attention_backend"] = backend
@@ -401,7 +358,36 @@ def apply_options(pipe: Any, options: EngineOptions, device: str) -> dict[str, A
     applied["vae_tiling"] = options.vae_tiling
     if options.compile:
         applied["compile"] = enable_compile(pipe.transformer, options.compile_backend)
+    cuda = device.startswith("cuda")
+    applied["vae_decode"] = options.vae_decode if cuda or options.vae_decode == "plain" else (
+        "plain: tuned decode needs CUDA (cuDNN)")
+    applied["exact_length_prompts"] = options.exact_length_prompts
     return applied
+
+
+def caption_buckets(caption_lengths: Sequence[int]) -> tuple[int, ...]:
+    """Each caption's length padded to the 32-token bucket the transformer pads it to."""
+    return tuple(-(-int(n) // SEQ_MULTI_OF) * SEQ_MULTI_OF for n in caption_lengths)
+
+
+@contextmanager
+def vae_decode_mode(vae: Any, mode: str, cuda: bool):
+    """``tuned``: cuDNN autotuning (a new size pays the search once, at its first run) and
+    channels-last activations for the decode; only on CUDA, where cuDNN runs the convs."""
+    if mode != "tuned" or not cuda:
+        yield
+        return
+    import torch
+
+    if getattr(vae, "_steadygen_channels_last", False) is False:
+        vae.to(memory_format=torch.channels_last)
+        vae._steadygen_channels_last = True
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def vae_tiling_for(vae: Any, mode: str, width: int, height: int) -> bool:

@@ -29,6 +29,9 @@ class Timings:
     decode_s: float = 0.0  # VAE decode and conversion to images
     save_s: float = 0.0  # PNG encode and write
     memory_s: float = 0.0  # per-request cache emptying (off by default)
+    # moving weights between devices inside this job (memory modes balanced and low); taken
+    # out of the phase it happened in (encode, prepare or decode), by phase in offload_phases
+    offload_s: float = 0.0
     callbacks_s: float = 0.0  # inside progress callbacks between steps (events, cancel check)
     total_s: float = 0.0  # from the engine's entry to its exit
     queue_wait_s: float = 0.0  # filled by the queue: accepted -> started
@@ -38,6 +41,7 @@ class Timings:
     # "decode_end", "save_end", "end"; and the end of every step
     marks: dict[str, float] = field(default_factory=dict)
     step_ends: list[float] = field(default_factory=list)
+    offload_phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def denoise_s(self) -> float:
@@ -57,6 +61,7 @@ class Timings:
             + self.decode_s
             + self.save_s
             + self.memory_s
+            + self.offload_s
             + self.callbacks_s
         )
         return max(0.0, self.total_s - parts)
@@ -76,6 +81,7 @@ class Timings:
             "decode": self.decode_s,
             "save": self.save_s,
             "memory": self.memory_s,
+            "offload": self.offload_s,
             "callbacks": self.callbacks_s,
             "other": self.other_s,
         }

@@ -5,6 +5,7 @@ The job worker (queue/worker.py) calls ``run_job`` for every job, in both queue 
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from steadygen.analysis.attribute import signals_of
 from steadygen.analysis.baseline import Baselines, ShapeKey
 from steadygen.engine.engine import Engine, GenerationResult, StepProgress
+from steadygen.engine.preview import PreviewBudget
 from steadygen.request import GenerationRequest
 
 if TYPE_CHECKING:
@@ -89,17 +91,21 @@ def run_job(
     mark = ctx.sampler.begin_job(job_id) if ctx.sampler is not None else None
     tail_s = exp.tail_s if exp is not None else None
 
+    budget = PreviewBudget()  # live previews, when asked for, within 2 % of the step time
+
     def on_step(p: StepProgress) -> None:
-        emit(
-            "step",
-            {
-                "step": p.step,
-                "steps": p.total,
-                "step_s": round(p.step_s, 6),
-                "elapsed_s": round(p.elapsed_s, 6),
-                "eta_s": round(p.remaining_s(tail_s), 3),
-            },
-        )
+        data = {
+            "step": p.step,
+            "steps": p.total,
+            "step_s": round(p.step_s, 6),
+            "elapsed_s": round(p.elapsed_s, 6),
+            "eta_s": round(p.remaining_s(tail_s), 3),
+        }
+        if req.preview and p.latents is not None:
+            jpeg = budget.maybe(p.step_s, lambda: engine.preview(p.latents))
+            if jpeg is not None:
+                data["preview"] = base64.b64encode(jpeg).decode("ascii")
+        emit("step", data)
 
     window = None
     try:

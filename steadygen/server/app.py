@@ -11,6 +11,7 @@ from steadygen import __version__
 from steadygen.config import Settings
 from steadygen.server import (
     routes_a1111,
+    routes_a1111_info,
     routes_edits,
     routes_jobs,
     routes_openai,
@@ -44,9 +45,10 @@ def build_app(settings: Settings, service: Service) -> FastAPI:
             return app.openapi()
 
     install_error_handlers(app)
-    for module in (routes_ops, routes_jobs, routes_openai, routes_a1111, routes_edits,
+    for module in (routes_ops, routes_jobs, routes_openai, routes_a1111_info, routes_edits,
                    routes_telemetry, web):
         app.include_router(module.router(service))
+    app.include_router(routes_a1111.router(service, live_previews=settings.live_previews))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RequireKey, expected=settings.api_key)  # outside: before the body

@@ -131,7 +131,8 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = ("authentication_error" if status == 401
                 else "server_error" if status >= 500 else "invalid_request_error")
         field, sep, _ = message.partition(": ")
-        param = field if sep and field.isidentifier() else None  # "index: ..." names index
+        named = sep and all(part.isidentifier() for part in field.split("."))
+        param = field if named else None  # "index: ..." names index; "a.b: ..." names a.b
         return error_response(status, message, kind=kind, param=param, headers=headers or None)
 
     @app.exception_handler(Exception)

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from steadygen.analysis.causes import CAUSE_KINDS
 from steadygen.errors import SteadygenError
 from steadygen.queue.contract import QueueStats
 from steadygen.queue.events import EventHub
@@ -22,8 +23,8 @@ from steadygen.queue.job import Job, JobState
 # Suits 0.05 s to 120 s, with a few smaller buckets for CPU-sized steps.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 PHASES = (
-    "load", "warmup", "encode", "prepare", "steps", "decode", "save", "memory", "callbacks",
-    "other",
+    "load", "warmup", "encode", "prepare", "steps", "decode", "save", "memory", "offload",
+    "callbacks", "other",
 )
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -69,6 +70,8 @@ class Metrics:
             "Seconds of slowdown attributed to each cause, over all jobs.", ["cause"],
             registry=r,
         )
+        for cause in CAUSE_KINDS:  # every label value from the start (0 until it happens)
+            self.slowdown.labels(cause=cause)
         self.slow_jobs = Counter(
             "steadygen_slow_jobs_total", "Jobs slower than expected by more than the margin.",
             registry=r,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class LoraItem(BaseModel):
@@ -34,6 +34,8 @@ class JobCreate(BaseModel):
     n: int | None = Field(None, description="Images, 1 to 4.")
     model: str | None = None
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
+    preview: StrictBool = Field(False, description="Send a live preview (base64 JPEG) "
+                                                   "with step events.")
     # editing: images are an input id (POST /v1/inputs) or base64 (a data URL too)
     mode: Literal["txt2img", "img2img", "inpaint"] | None = Field(
         None, description="Default: inpaint with a mask, img2img with an image, else txt2img.")
@@ -67,7 +69,12 @@ class OpenAIImageRequest(BaseModel):
     user: str | None = None
     background: str | None = None
     moderation: str | None = None
-    output_format: Literal["png"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = "png"
+    output_compression: int | None = Field(
+        None, ge=0, le=100, description="jpeg and webp quality, 0 to 100 (default 100).")
+    stream: bool | None = False
+    partial_images: int | None = Field(
+        0, ge=0, le=3, description="With stream: previews sent before the image, 0 to 3.")
     # steadygen extensions
     steps: int | None = None
     seed: int | None = None
@@ -91,7 +98,19 @@ class A1111Txt2Img(BaseModel):
     batch_size: int = 1
     n_iter: int = 1
     sampler_name: str | None = None
+    sampler_index: str | None = None  # the older name of sampler_name
+    scheduler: str | None = None
     override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    send_images: bool = True  # false: the answer's images list is empty
+    save_images: bool = False  # steadygen keeps every job's images; accepted for A1111
+    alwayson_scripts: dict[str, Any] | None = None  # extensions' arguments; ignored
+
+
+class A1111PngInfo(BaseModel):
+    """POST /sdapi/v1/png-info"""
+
+    image: str = Field(description="The image, base64 (a data: URL prefix is allowed).")
 
 
 class A1111Img2Img(A1111Txt2Img):

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -128,7 +128,7 @@ class HostBackend:
     baseline lives in the Process objects we keep between scans).
     """
 
-    def __init__(self, pid: int | None = None, scan_every_s: float = 1.0, top_n: int = 5):
+    def __init__(self, pid: int | None = None, scan_every_s: float = 1.0, top_n: int = 8):
         self.pid = os.getpid() if pid is None else pid
         self._proc = psutil.Process(self.pid)
         self._stat_path = Path(f"/proc/{self.pid}/stat")
@@ -159,6 +159,7 @@ class HostBackend:
             run_delay_ns=self._run_delay.read_ns(),
             cpu_util_pct=psutil.cpu_percent(interval=None),
             cpu_count=self._cpu_count,
+            cpu_affinity=_affinity(self.pid),
             load_avg=_safe(os.getloadavg),
             cpu_freq_mhz=self._freq_mhz,
             mem_available_bytes=mem.available_bytes,
@@ -227,7 +228,9 @@ class HostBackend:
                 continue
         self._known = alive
         found.sort(key=lambda p: p.cpu_pct, reverse=True)
-        return tuple(found[: self._top_n])
+        # Where the top few may run: a process pinned to other CPUs cannot take ours.
+        return tuple(replace(p, cpu_affinity=_affinity(p.pid))
+                     for p in found[: self._top_n])
 
     def _cpu_freq(self) -> float | None:
         if not self._cpu_freq_ok:
@@ -246,6 +249,14 @@ def _safe(fn: Callable[[], T]) -> T | None:
     try:
         return fn()
     except (psutil.Error, OSError):
+        return None
+
+
+def _affinity(pid: int) -> tuple[int, ...] | None:
+    """The CPUs ``pid`` may run on (``taskset -p PID``); None where it cannot be read."""
+    try:
+        return tuple(sorted(os.sched_getaffinity(pid)))
+    except (OSError, AttributeError):
         return None
 
 

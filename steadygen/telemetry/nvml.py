@@ -230,7 +230,7 @@ class NvmlBackend:
         """
         out: list[GpuProcess] = []
         for i in self._handles:
-            sm_util = self._process_util(i)
+            utils = self._process_util(i)
             seen: set[int] = set()
             for kind, fname in _PROCESS_LISTS:
                 for info in self._call(i, fname) or ():
@@ -242,26 +242,34 @@ class NvmlBackend:
                     out.append(GpuProcess(
                         gpu_index=i, pid=pid, name=self._process_name(pid),
                         used_bytes=None if used is None else int(used),
-                        sm_util_pct=sm_util.get(pid), ours=pid in own_pids, kind=kind,
+                        sm_util_pct=None if utils is None else utils.get(pid, (0.0, 0.0))[0],
+                        mem_util_pct=None if utils is None else utils.get(pid, (0.0, 0.0))[1],
+                        ours=pid in own_pids, kind=kind,
                     ))
         return out
 
-    def _process_util(self, i: int) -> dict[int, float]:
-        """Per-process SM % since the previous call (``nvidia-smi pmon -s u``)."""
+    def _process_util(self, i: int) -> dict[int, tuple[float, float]] | None:
+        """Per-process (SM %, memory %) since the previous call (``nvidia-smi pmon -s u``):
+        the largest of the samples the driver kept for each pid. The driver lists only
+        processes with non-zero utilisation, so a pid absent from an answer was idle; None
+        when the call is not available here (MIG, older GPUs, no permission)."""
         key = ("nvmlDeviceGetProcessUtilization()", i)
-        if key in self._unsupported:
-            return {}
+        if key in self._unsupported or not hasattr(self._nv, "nvmlDeviceGetProcessUtilization"):
+            return None
         last = self._proc_util_ts.get(i, 0)
         try:
             samples = self._nv.nvmlDeviceGetProcessUtilization(self._handles[i], last)
         except self._nv.NVMLError as exc:
-            # NotFound only means "no samples since `last`": ask again next time.
-            if type(exc).__name__.removeprefix("NVMLError_") in _PERMANENT:
+            kind = type(exc).__name__.removeprefix("NVMLError_")
+            if kind == "NotFound":  # no process had non-zero utilisation since `last`
+                return {}
+            if kind in _PERMANENT:
                 self._unsupported.add(key)
-            return {}
-        util: dict[int, float] = {}
+            return None
+        util: dict[int, tuple[float, float]] = {}
         for s in samples:
-            util[int(s.pid)] = max(util.get(int(s.pid), 0.0), float(s.smUtil))
+            sm, mem = util.get(int(s.pid), (0.0, 0.0))
+            util[int(s.pid)] = (max(sm, float(s.smUtil)), max(mem, float(s.memUtil)))
             self._proc_util_ts[i] = max(self._proc_util_ts.get(i, 0), int(s.timeStamp))
         return util
 

@@ -105,9 +105,10 @@ class GpuProcess:
     pid: int
     name: str | None
     used_bytes: int | None
-    sm_util_pct: float | None
+    sm_util_pct: float | None  # nvmlDeviceGetProcessUtilization smUtil; None: no sample
     ours: bool
     kind: Literal["compute", "graphics"]
+    mem_util_pct: float | None = None  # the same sample's memUtil (memory traffic share)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +121,7 @@ class ForeignCpuProcess:
     pid: int
     name: str
     cpu_pct: float  # percent of one CPU, as top shows it (200 = two cores busy)
+    cpu_affinity: tuple[int, ...] | None = None  # the CPUs it may run on; None: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +143,8 @@ class HostReading:
     num_threads: int | None = None
     run_delay_ns: int | None = None  # our threads' run-queue wait, cumulative (schedstat)
     cpu_util_pct: float | None = None  # whole host, since the previous reading
-    cpu_count: int | None = None
+    cpu_count: int | None = None  # the host's CPUs
+    cpu_affinity: tuple[int, ...] | None = None  # the CPUs our process may run on
     load_avg: tuple[float, float, float] | None = None
     cpu_freq_mhz: float | None = None
     mem_available_bytes: int | None = None

@@ -26,8 +26,9 @@ from steadygen.telemetry.alerts import Alerts
 from steadygen.telemetry.counters import EdgeCounters, GpuCounters
 from steadygen.telemetry.host import HostBackend
 from steadygen.telemetry.nvml import GpuStaticInfo
+from steadygen.telemetry.ownership import OwnGpuBytes, OwnProcessMatcher
 from steadygen.telemetry.sample import GpuProcess, GpuReading, Sample, TelemetryUnavailable
-from steadygen.telemetry.window import TelemetryWindow, merge_processes
+from steadygen.telemetry.window import TelemetryWindow, in_window, merge_processes
 
 log = logging.getLogger("steadygen.telemetry")
 
@@ -90,6 +91,9 @@ class Sampler:
 
     ``interval_s=0``: no thread; ``begin_job``/``end_job`` still give counter deltas.
     ``own_pids``: GPU processes counted as ours (default: this process).
+    ``own_gpu_bytes``: GPU index -> our allocator's reserved bytes; identifies our GPU
+    process where NVML's pids are not ours (a container without the host's pid namespace;
+    see ``ownership.py``).
     ``process_every_s``: GPU process lists and the foreign-CPU scan, at most this often.
     ``gpu_backend``/``host_backend``/``clock``: injected by tests and benchmarks.
     """
@@ -107,16 +111,21 @@ class Sampler:
         gpu_backend: GpuBackend | None = None,
         host_backend: HostBackend | None = None,
         clock: Callable[[], float] = time.monotonic,
+        own_gpu_bytes: OwnGpuBytes | None = None,
     ):
         if interval_s < 0:
             raise ValueError(f"interval_s must be 0 (off) or positive (got {interval_s})")
         self.interval_s = interval_s
         self.own_pids = {os.getpid()} if own_pids is None else set(own_pids)
+        self._owner = OwnProcessMatcher(self.own_pids, own_gpu_bytes)
         self.process_every_s = process_every_s
         self.alerts = alerts
         self._clock = clock
         self._ring: deque[Sample] = deque(maxlen=ring_size)
         self._lock = threading.Lock()
+        # Held while one sample is read and recorded: a job's end edge waits for a tick
+        # that began before it, so that sample is in the ring when the window is cut.
+        self._tick_lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -204,16 +213,17 @@ class Sampler:
 
     def tick(self) -> Sample | None:
         """Read one sample into the ring (the thread calls this; tests may too)."""
-        try:
-            sample = self.read_sample()
-        except Exception as exc:  # the thread must not die on a reading
-            self._errors += 1
-            key = type(exc).__name__
-            if key not in self._errors_logged:
-                self._errors_logged.add(key)
-                log.exception("telemetry sample failed (logged once per error type)")
-            return None
-        self.record(sample)
+        with self._tick_lock:
+            try:
+                sample = self.read_sample()
+            except Exception as exc:  # the thread must not die on a reading
+                self._errors += 1
+                key = type(exc).__name__
+                if key not in self._errors_logged:
+                    self._errors_logged.add(key)
+                    log.exception("telemetry sample failed (logged once per error type)")
+                return None
+            self.record(sample)
         return sample
 
     def read_sample(self, scan_host: bool | None = None) -> Sample:
@@ -234,7 +244,7 @@ class Sampler:
     def _read_processes(self) -> list[GpuProcess] | None:
         if self.gpu is None:
             return None
-        procs = self.gpu.read_processes(self.own_pids)
+        procs = self._owner.mark(self.gpu.read_processes(self.own_pids))
         self._last_processes = procs
         return procs
 
@@ -267,9 +277,9 @@ class Sampler:
         return [] if sample is None else sample.gauges(self._last_processes)
 
     def samples_between(self, t0: float, t1: float) -> list[Sample]:
-        """Samples with ``t0 <= t_mono <= t1``, oldest first."""
+        """Samples with ``t0 <= t_mono < t1`` (the edge rule of ``in_window``), oldest first."""
         with self._lock:
-            return [s for s in self._ring if t0 <= s.t_mono <= t1]
+            return [s for s in self._ring if in_window(s.t_mono, t0, t1)]
 
     def static_info(self) -> list[GpuStaticInfo]:
         return [] if self.gpu is None else self.gpu.static_info()
@@ -303,6 +313,8 @@ class Sampler:
 
     def end_job(self, mark: JobMark) -> TelemetryWindow:
         counters = self.read_counters()
+        with self._tick_lock:  # a tick stamped before the edge is recorded before the cut
+            pass
         processes = self._edge_processes()
         samples = self.samples_between(mark.t_start, counters.t_mono)
         seen = merge_processes([mark.processes, processes, *(s.processes for s in samples)])

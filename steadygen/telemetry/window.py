@@ -14,9 +14,19 @@ from steadygen.telemetry.sample import REASON_NAMES, GpuProcess, Sample
 TOP_FOREIGN = 5
 
 
+def in_window(t: float, t0: float, t1: float) -> bool:
+    """The one edge rule for job, phase and step windows: half-open, ``t0 <= t < t1``.
+
+    A sample taken exactly on an edge belongs to the window that starts there, so two
+    windows that touch never share a sample and every sample of a run is counted once.
+    """
+    return t0 <= t < t1
+
+
 @dataclass(frozen=True)
 class TelemetryWindow:
-    """Samples with ``t_start <= t_mono <= t_end`` and the counters read at both edges."""
+    """Samples with ``t_start <= t_mono < t_end`` (``in_window``) and the counters read at
+    both edges."""
 
     job_id: str
     t_start: float  # time.monotonic() at the start edge
@@ -35,8 +45,8 @@ class TelemetryWindow:
         return [p for p in self.processes if not p.ours]
 
     def slice(self, t0: float, t1: float) -> list[Sample]:
-        """The samples with ``t0 <= t_mono <= t1`` (a step's or a phase's share)."""
-        return [s for s in self.samples if t0 <= s.t_mono <= t1]
+        """The samples with ``t0 <= t_mono < t1`` (a step's or a phase's share)."""
+        return [s for s in self.samples if in_window(s.t_mono, t0, t1)]
 
     def series(self, field_path: str) -> list[tuple[float, float]]:
         """(t_mono, value) pairs of one field, skipping samples where it is None.

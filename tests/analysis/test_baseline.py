@@ -7,13 +7,15 @@ from typing import Any
 import pytest
 
 from steadygen.analysis.baseline import (
+    CALIBRATION_WINDOW,
     FILTER_MIN_RUNS,
     NEW_NORMAL,
     WAIT_PER_CPU,
     Baselines,
     Expectation,
     ShapeKey,
-    cpu_wait_threshold,
+    calibrate,
+    cpu_calibration,
     robust_sigma,
 )
 
@@ -77,8 +79,26 @@ def test_signals_are_medians_with_a_robust_spread() -> None:
     # waits per CPU second: 0.1, 0.2, 0.3, 5.0, 0.1 -> median 0.2, MAD 0.1
     assert exp.signals[WAIT_PER_CPU] == pytest.approx(0.2)
     assert exp.spread[WAIT_PER_CPU] == pytest.approx(0.14826)
-    assert cpu_wait_threshold(exp) == pytest.approx(0.2 + 4 * 0.14826)
+    cal = cpu_calibration(exp)
+    assert cal is not None and cal.calibrated and cal.runs == 5
+    # the one 5.0 run is left out of the 90th percentile: the spread sets the bar
+    assert cal.upper == pytest.approx(0.3)
+    assert cal.limit == pytest.approx(0.2 + 4 * 0.14826)
     assert exp.to_dict()["spread"] == exp.spread
+
+
+def test_the_calibration_follows_each_machines_own_clean_runs() -> None:
+    """The bar is set by the machine, not by constants: a quiet workstation's clean runs
+    (a few ms per CPU second) and a shared VM's (a third of a second, spread wide) give
+    bars an order of magnitude apart, each past its own clean runs."""
+    quiet = [0.004, 0.005, 0.006, 0.005, 0.004, 0.005, 0.006, 0.005, 0.005, 0.004]
+    shared = [0.2, 0.35, 0.5, 0.3, 0.6, 0.25, 0.4, 0.3, 0.45, 0.35]
+    q, s = calibrate(quiet), calibrate(shared)
+    assert q.limit < 0.02 < 0.5 < s.limit
+    assert all(v <= q.limit for v in quiet) and all(v <= s.limit for v in shared)
+    assert q.limit == pytest.approx(0.005 + 4 * 1.4826 * 0.0005)
+    assert "calibrated on 10 clean runs" in s.describe() and "contended past" in s.describe()
+    assert not calibrate(shared[:4]).calibrated  # too few runs to know what usual is
 
 
 def test_robust_sigma() -> None:
@@ -143,3 +163,18 @@ def test_the_filter_waits_for_enough_runs_to_know_what_is_usual() -> None:
         b.add(KEY, run(total=1.0), {"run_delay_s": 0.2, "cpu_s": 1.0})
     assert contended(b, 1) == [True]
     assert b.add(KEY, run(total=1.0))  # no signals (sampler off): always counted
+
+
+def test_the_calibration_follows_the_recent_clean_runs() -> None:
+    """The bar comes from the most recent clean runs: when the machine's background load
+    falls, the bar falls with it (a window of 50 runs may span a busy and a quiet hour)."""
+    b = Baselines()
+    for _ in range(30):  # a busy hour: clean runs wait 1 s per CPU second
+        b.add(KEY, run(), {"run_delay_s": 1.0, "cpu_s": 1.0})
+    busy = cpu_calibration(expect(b, KEY))
+    for _ in range(CALIBRATION_WINDOW):  # a quiet one
+        b.add(KEY, run(), {"run_delay_s": 0.1, "cpu_s": 1.0})
+    quiet = cpu_calibration(expect(b, KEY))
+    assert busy is not None and quiet is not None
+    assert busy.usual == pytest.approx(1.0) and quiet.usual == pytest.approx(0.1)
+    assert quiet.runs == CALIBRATION_WINDOW and expect(b, KEY).runs == 50

@@ -33,9 +33,11 @@ def test_a_small_ab_run_with_interference_writes_the_report(run_cli, tmp_path: P
         assert c["runs"] == 4 and c["latency"]["n"] == 4
         assert c["interfered"]["n"] == 2 and c["clean"]["n"] == 2
         assert set(c["latency_ci"]) == {"mean", "cv", "p99_over_p50", "p50", "p99"}
-    # Every run carries its diagnosis; A empties the cache after every job.
-    a_causes = [r["causes"] for r in timed if r["config"] == "A"]
-    assert all("memory_management" in c for c in a_causes)
+    # Every run carries its diagnosis. A empties the cache after every job: that is booked
+    # at its measured cost (named when past the noise floor); B never empties it.
+    a_memory = [r["causes"].get("memory_management") for r in timed if r["config"] == "A"]
+    assert all(s is None or s > 0 for s in a_memory)
+    assert not any("memory_management" in r["causes"] for r in timed if r["config"] == "B")
     warm_a = next(r for r in runs if r["warmup"] and r["config"] == "A")
     assert "cold_start" in warm_a["causes"]  # no warm-up: the first job paid the shape
     assert len(data["differences"]) == 5

@@ -38,7 +38,9 @@ def records(gpu: bool) -> list[RunRecord]:
                 config, i, (i - 1) // 5, False, interfered, "succeeded", 1000.0 + i, latency,
                 0.1, latency - 0.1, steps_s=[0.1 * latency] * 8, main_cause=cause,
                 causes={cause: latency - 1.0} if cause else {}, slow=cause is not None,
-                telemetry=tel))
+                telemetry=tel,
+                interference={"valid": True, "reason": "", "achieved": {"cpu_pct": 190.0}}
+                if interfered else None))
     out.append(RunRecord("B", 11, 1, False, True, "failed", 1020.0, 0.5, None, None,
                          error="GenerationError: boom"))
     return out
@@ -51,6 +53,7 @@ def test_analysis_matches_the_statistics_of_the_runs() -> None:
     assert a["configs"]["B"]["failed"] == 1 and a["configs"]["A"]["runs"] == 10
     assert a["configs"]["A"]["clean"] == summarize(A[:5]).to_dict()
     assert a["configs"]["A"]["interfered"] == summarize(A[5:]).to_dict()
+    assert a["configs"]["A"]["interfered_invalid"] == 0
     cv = a["configs"]["A"]["latency_ci"]["cv"]
     assert cv["value"] == pytest.approx(summarize(A).cv) and cv["low"] < cv["value"] < cv["high"]
     diffs = {d["statistic"]: d for d in a["differences"]}
@@ -92,3 +95,10 @@ def test_every_report_file_exists_and_opens(tmp_path: Path, gpu: bool) -> None:
     page = paths["html"].read_text()
     assert page.startswith("<!doctype html>") and page.count("<table>") >= 5
     assert page.count("<img") == 3 and "data:image/png;base64," in page
+
+
+def test_every_cause_kind_has_a_colour() -> None:
+    from steadygen.analysis.causes import CAUSE_KINDS
+    from steadygen.bench.report import CAUSE_COLOURS
+
+    assert set(CAUSE_COLOURS) - {None} == set(CAUSE_KINDS)

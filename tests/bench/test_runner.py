@@ -141,3 +141,66 @@ def test_rounds_alternate_the_order_and_interfere_in_marked_rounds(
     assert len(timed) == 16 and sum(r.warmup for r in records) == 2
     assert {r.round for r in timed if r.interfered} == {1, 3}
     assert sorted(r.index for r in timed if r.config == "A") == list(range(1, 9))
+
+
+def test_an_interfered_round_without_heartbeats_is_marked_invalid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from steadygen.bench.heartbeat import InterferenceCheck
+    from steadygen.bench.report import analyse
+
+    rounds = iter([InterferenceCheck(False, "the gpu interferer (pid 9) sent no heartbeat "
+                                     "during the round", {}),
+                   InterferenceCheck(True, "", {"tflops": 250.0})])
+
+    class Checked:
+        def check(self, t0: float, t1: float) -> InterferenceCheck:
+            assert t1 >= t0
+            return next(rounds)
+
+    @contextmanager
+    def fake_interference(spec: InterferenceSpec | None):  # type: ignore[no-untyped-def]
+        yield Checked() if spec is not None else None
+
+    monkeypatch.setattr(runner, "_interference", fake_interference)
+    said: list[str] = []
+    p = plan(runs=4, rounds=4, warmup_runs=0, interfere=InterferenceSpec("gpu"),
+             interfere_every=2)
+    records = run_bench({"A": SlowTarget(sleep_s=0.0)}, p, progress=said.append)
+    interfered = [r for r in records if r.interfered]
+    assert [r.interference_valid for r in interfered] == [False, True]
+    assert interfered[1].interference == {"valid": True, "reason": "",
+                                          "achieved": {"tflops": 250.0}}
+    assert any("interfered runs are invalid: the gpu interferer (pid 9) sent no heartbeat"
+               in line for line in said)
+    summary = analyse(records, ["A"])["configs"]["A"]
+    assert summary["interfered"]["n"] == 1 and summary["interfered_invalid"] == 1
+    assert all(r.interference_valid for r in records if not r.interfered)
+
+
+@pytest.mark.parametrize("kind", ["gpu", "vram"])
+def test_gpu_interference_without_cuda_is_refused_before_anything_loads(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from steadygen.bench import cli
+    from steadygen.config import Settings
+    from steadygen.errors import ConfigError
+
+    def must_not_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("targets were built before the option was refused")
+
+    monkeypatch.setattr(cli, "build_targets", must_not_load)
+    monkeypatch.setattr(cli, "_cuda_here", lambda: False)
+    opts = {"configs": [], "steps": 2, "guidance": 0.0, "n": 1, "runs": 4, "rounds": 2,
+            "clients": 1, "warmup_runs": 1, "interfere": kind, "interfere_every": 2,
+            "out": "unused"}
+    with pytest.raises(ConfigError, match=f"--interfere {kind} needs a CUDA GPU"):
+        cli.run_bench_command(Settings(), opts, "steadygen bench")
+
+
+def test_without_cuda_here_the_check_says_so() -> None:
+    import torch
+
+    from steadygen.bench import cli
+
+    assert cli._cuda_here() is torch.cuda.is_available()

@@ -156,23 +156,26 @@ def test_ports_match_the_settings() -> None:
         assert int(notes["prometheus.io/port"]) == port_number(c, c["ports"][0]["name"])
 
 
-def api_answers(paths: set[str]) -> dict[str, int]:
-    """Status codes of GET requests to the real FastAPI app (a stand-in queue behind it)."""
+def api_answers(paths: set[str], tmp: Path) -> dict[str, int]:
+    """Status codes of GET requests to the real FastAPI app over a real, empty queue."""
     from fastapi.testclient import TestClient
 
+    from steadygen.queue.sqlite.queue import SQLiteQueue
+    from steadygen.queue.sqlite.store import JobStore
     from steadygen.server.app import build_app
     from steadygen.server.metrics import Metrics
     from steadygen.server.service import Service
 
-    class NoQueue:
-        def counts(self) -> dict[str, int]:
-            return {}
-
     settings = Settings()
-    service = Service(queue=NoQueue(), model_name="zimage-tiny", default_side=256,
-                      limits=settings.limits, images_dir=Path("/nonexistent"), metrics=Metrics())
-    with TestClient(build_app(settings, service)) as client:
-        return {p: client.get(p).status_code for p in paths}
+    store = JobStore(tmp / "jobs.sqlite3")
+    queue = SQLiteQueue(store, max_queue=1, max_attempts=1)
+    service = Service(queue=queue, model_name="zimage-tiny", default_side=256,
+                      limits=settings.limits, images_dir=tmp / "images", metrics=Metrics())
+    try:
+        with TestClient(build_app(settings, service)) as client:
+            return {p: client.get(p).status_code for p in paths}
+    finally:
+        store.close()
 
 
 def probes(c: dict[str, Any]) -> list[dict[str, Any]]:
@@ -180,11 +183,12 @@ def probes(c: dict[str, Any]) -> list[dict[str, Any]]:
             if k in c]
 
 
-def test_probes_hit_routes_that_exist() -> None:
+def test_probes_hit_routes_that_exist(tmp_path: Path) -> None:
     api, worker = container("steadygen-api"), container("steadygen-worker")
     assert {p["path"] for p in probes(api)} == {"/readyz", "/healthz"}
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    answers = api_answers({p["path"] for p in probes(api)} | {"/metrics", "/no-such-route"})
+    answers = api_answers({p["path"] for p in probes(api)} | {"/metrics", "/no-such-route"},
+                          tmp_path)
     assert answers.pop("/no-such-route") == 404  # so a 404 would be noticed
     assert all(code != 404 for code in answers.values()), answers
     for p in probes(api):

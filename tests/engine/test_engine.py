@@ -144,6 +144,23 @@ def test_first_of_shape_then_warm(engine: Engine, make_req: Any) -> None:
     assert engine.step_estimate(req) == sorted(second.steps_s)[len(second.steps_s) // 2]
 
 
+def test_a_new_caption_bucket_is_a_first_run_of_its_shape(engine: Engine,
+                                                          make_req: Any) -> None:
+    """A prompt crossing a 32-token boundary meets new kernels (cuDNN plans, compiled
+    shapes): it is booked as a first run, the one after it is warm."""
+    short = make_req(width=256, height=288, steps=2, prompt="a red boat")
+    long = make_req(width=256, height=288, steps=2, prompt="a long prompt about a boat " * 8)
+    first = engine.generate(short)
+    assert first.timings.first_of_shape and first.metadata["first_run_of_shape"]
+    assert first.metadata["shape_key"]["caption_buckets"] == [32]
+    assert not engine.generate(make_req(width=256, height=288, steps=2,
+                                        prompt="a blue boat")).timings.first_of_shape
+    longer = engine.generate(long)
+    assert longer.timings.first_of_shape  # same size, another caption bucket
+    assert longer.metadata["shape_key"]["caption_buckets"][0] > 32
+    assert not engine.generate(long).timings.first_of_shape
+
+
 def test_on_step_reports_every_step_in_order(engine: Engine, make_req: Any) -> None:
     seen: list[StepProgress] = []
     engine.generate(make_req(steps=5), on_step=seen.append)

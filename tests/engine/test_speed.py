@@ -164,6 +164,30 @@ def test_vae_tiling_auto_tiles_large_images_only(engine: Any) -> None:
         vae.disable_tiling()
 
 
+def test_tuned_vae_decode_is_channels_last_and_decodes_the_same_image() -> None:
+    """The tuned decode's layout change, run on a CPU (forced as if on CUDA: cuDNN's
+    autotuning flag is harmless here): the same pixels up to rounding."""
+    import torch
+
+    from steadygen.engine.speed import vae_decode_mode
+    from steadygen.engine.tiny import build_tiny_pipeline
+
+    vae = build_tiny_pipeline().vae
+    latents = torch.randn(1, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        plain = vae.decode(latents, return_dict=False)[0]
+        before = torch.backends.cudnn.benchmark
+        with vae_decode_mode(vae, "tuned", cuda=True):
+            assert torch.backends.cudnn.benchmark is True
+            tuned = vae.decode(latents, return_dict=False)[0]
+        assert torch.backends.cudnn.benchmark is before  # restored
+    conv = next(m for m in vae.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert float((tuned - plain).norm() / plain.norm()) < 1e-4  # fp32 reordering: ~1e-5
+    with vae_decode_mode(vae, "tuned", cuda=False):  # on a CPU engine: nothing changes
+        assert torch.backends.cudnn.benchmark is before
+
+
 # -- compile ------------------------------------------------------------------------------
 
 

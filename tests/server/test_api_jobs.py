@@ -137,7 +137,7 @@ def test_job_shows_position_and_eta_while_queued_and_timings_when_done(
         assert (a["state"], b["state"]) == ("queued", "queued")
         assert (a["position"], b["position"]) == (0, 1)
         # Both include the running job's remaining time, which moves with every step, so
-        # their order is checked where nothing runs: tests/queue/test_local.py.
+        # their order is checked where nothing runs: tests/queue/test_contract.py.
         assert a["eta_s"] > 0 and b["eta_s"] > 0
         running = main_server.job(long["id"])
         assert running["state"] == "running" and running["progress"]["steps"] == 100

@@ -339,6 +339,34 @@ def test_cancel_a_long_job(web_server: Any, open_page: Any) -> None:
     assert job_id and web_server.job(job_id)["state"] == "cancelled"
 
 
+def test_preview_shows_the_image_forming_during_a_long_job(
+    web_server: Any, open_page: Any
+) -> None:
+    """The running job's card shows the live preview from its step events, and it changes
+    as the steps go (512x512: latents 64x64, the preview twice that)."""
+    p = open_page(web_server)
+    page = p.goto("generate")
+    page.fill("#prompt", "a slowly forming picture")
+    page.check('input[name="size"][value="512x512"]')
+    page.fill("#steps", "100")
+    page.click("#generate")
+    page.wait_for_selector("#p-preview:not([hidden])", timeout=WAIT_MS)
+    wait_until(page, "document.querySelector('#p-preview').naturalWidth === 128", WAIT_MS)
+    first_src = page.get_attribute("#p-preview", "src") or ""
+    first_step = int(page.get_attribute("#p-preview", "data-step") or "0")
+    assert first_src.startswith("data:image/jpeg;base64,") and first_step >= 1
+    wait_until(page, f"+document.querySelector('#p-preview').dataset.step > {first_step}",
+               WAIT_MS)
+    assert page.get_attribute("#p-preview", "src") != first_src  # the picture forms
+    box = page.locator("#p-preview").bounding_box()
+    assert box is not None and box["width"] >= 256  # drawn larger than it was sent
+    assert "preview at step" in (page.get_attribute("#p-preview", "alt") or "")
+    p.shot("generate-preview-desktop")
+    page.click("#cancel")
+    page.wait_for_selector('#result[data-state="cancelled"]', timeout=WAIT_MS)
+    assert page.locator("#p-preview").is_hidden()
+
+
 def test_errors_appear_next_to_their_fields(web_server: Any, open_page: Any) -> None:
     p = open_page(web_server)
     page = p.goto("generate")

@@ -179,6 +179,7 @@ class FakeProcess:
     used_bytes: int | None = 1 << 30
     kind: str = "compute"  # or "graphics"
     sm_util: int | None = None  # a per-process utilization sample when set
+    mem_util: int = 0  # its memUtil (memory-bandwidth share) in that sample
 
 
 @dataclass
@@ -358,7 +359,12 @@ def nvmlDeviceGetPowerManagementDefaultLimit(handle: FakeDevice) -> int:
     return _dev("nvmlDeviceGetPowerManagementDefaultLimit", handle).power_default_limit_mw
 
 
-def nvmlDeviceGetTemperatureV(handle: FakeDevice, sensor: int, version: int = 0) -> int:
+nvmlTemperature_v1 = 0x100000C  # the real module's version tag for the V1 struct
+
+
+def nvmlDeviceGetTemperatureV(
+    handle: FakeDevice, sensor: int, version: int = nvmlTemperature_v1
+) -> int:
     return _dev("nvmlDeviceGetTemperatureV", handle).temp_c
 
 
@@ -427,7 +433,7 @@ def nvmlDeviceGetProcessUtilization(
     d.util_samples_ts += 1
     samples = [
         c_nvmlProcessUtilizationSample_t(
-            pid=p.pid, timeStamp=d.util_samples_ts, smUtil=p.sm_util, memUtil=0
+            pid=p.pid, timeStamp=d.util_samples_ts, smUtil=p.sm_util, memUtil=p.mem_util
         )
         for p in d.processes
         if p.sm_util is not None

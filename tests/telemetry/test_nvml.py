@@ -106,7 +106,8 @@ def test_processes_ours_and_foreign(fake_nvml: FakeNvml) -> None:
     assert ours.name == psutil.Process().name()
     assert ours.sm_util_pct == 90
     assert not foreign.ours and foreign.kind == "graphics"
-    assert foreign.used_bytes is None and foreign.sm_util_pct is None
+    # the driver lists only processes that used the GPU: one absent from its answer was idle
+    assert foreign.used_bytes is None and foreign.sm_util_pct == 0.0
     assert foreign.name is None  # no such pid here (e.g. another pid namespace)
 
 
@@ -114,9 +115,18 @@ def test_process_utilization_not_found_is_not_cached(fake_nvml: FakeNvml) -> Non
     backend = NvmlBackend()
     dev = fake_nvml.devices[0]
     dev.add_process(FakeProcess(pid=1234))  # no utilization samples: NVML says NotFound
-    assert backend.read_processes(set())[0].sm_util_pct is None
-    dev.processes[0].sm_util = 40
-    assert backend.read_processes(set())[0].sm_util_pct == 40
+    assert backend.read_processes(set())[0].sm_util_pct == 0.0  # idle, as NVML says
+    dev.processes[0].sm_util, dev.processes[0].mem_util = 40, 70
+    (proc,) = backend.read_processes(set())
+    assert (proc.sm_util_pct, proc.mem_util_pct) == (40, 70)
+
+
+def test_process_utilization_unavailable_is_unknown_not_idle(fake_nvml: FakeNvml) -> None:
+    dev = fake_nvml.devices[0]
+    dev.unsupported.add("nvmlDeviceGetProcessUtilization")  # MIG, older GPUs
+    dev.add_process(FakeProcess(pid=1234, sm_util=40))
+    (proc,) = NvmlBackend().read_processes(set())
+    assert proc.sm_util_pct is None and proc.mem_util_pct is None
 
 
 def test_counters_energy_and_throttle_fields(fake_nvml: FakeNvml) -> None:

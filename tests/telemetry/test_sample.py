@@ -20,13 +20,14 @@ def test_to_dict_is_json() -> None:
         1.0,
         gpus=[gpu(clock_event_mask=0x4)],
         processes=[proc(1, True)],
-        top_foreign=(ForeignCpuProcess(9, "hog", 99.0),),
+        top_foreign=(ForeignCpuProcess(9, "hog", 99.0, cpu_affinity=(0, 1)),),
         load_avg=(1.0, 0.5, 0.2),
         psi_cpu=PsiReading(2.0, 100),
     )
     data = json.loads(json.dumps(s.to_dict()))
     assert data["gpus"][0]["clock_events"] == ["sw_power_cap"]
-    assert data["host"]["top_foreign"][0] == {"pid": 9, "name": "hog", "cpu_pct": 99.0}
+    assert data["host"]["top_foreign"][0] == {"pid": 9, "name": "hog", "cpu_pct": 99.0,
+                                              "cpu_affinity": [0, 1]}
     assert data["processes"][0]["ours"] is True
 
 

@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
-from steadygen.telemetry import Alerts, GpuReading, Sampler
+from steadygen.telemetry import Alerts, GpuReading, HostCounters, HostReading, Sampler
 from steadygen.telemetry.host import HostBackend
+from steadygen.telemetry.window import in_window
 
 from . import fake_pynvml as fk
 from .fake_pynvml import FakeNvml, FakeProcess
@@ -26,10 +27,12 @@ def test_window_holds_exactly_the_samples_between_its_edges() -> None:
     clock.t = 101.0
     sampler.record(sample(101.1))  # after the end edge
     window = sampler.end_job(mark)
-    assert [s.t_mono for s in window.samples] == [100.0, 100.5, 101.0]
+    # half-open [start, end): the sample exactly on the end edge belongs to what follows
+    assert [s.t_mono for s in window.samples] == [100.0, 100.5]
     assert (window.t_start, window.t_end) == (100.0, 101.0)
-    assert [s.t_mono for s in window.slice(100.2, 101.0)] == [100.5, 101.0]
-    assert window.series("gpu.0.sm_clock_hz") == [(100.0, 1.98e9), (100.5, 1.98e9), (101.0, 1.98e9)]
+    assert [s.t_mono for s in window.slice(100.2, 101.0)] == [100.5]
+    assert [s.t_mono for s in window.slice(100.5, 101.1)] == [100.5]
+    assert window.series("gpu.0.sm_clock_hz") == [(100.0, 1.98e9), (100.5, 1.98e9)]
     with pytest.raises(ValueError, match="field path"):
         window.series("sm_clock_hz")
 
@@ -188,3 +191,67 @@ def test_stop_is_idempotent_and_final(fake_nvml: FakeNvml) -> None:
     assert fake_nvml.calls["nvmlShutdown"] == 1
     with pytest.raises(RuntimeError, match="cannot start again"):
         sampler.start()
+
+
+def test_touching_windows_share_no_sample_and_miss_none() -> None:
+    clock = FakeClock(10.0)
+    sampler = Sampler(interval_s=0, enable_gpu=False, clock=clock)
+    first = sampler.begin_job("a")
+    for t in (10.0, 10.5, 11.0, 11.5, 12.0):  # 11.0 is on the edge between the two jobs
+        sampler.record(sample(t))
+    clock.t = 11.0
+    a = sampler.end_job(first)
+    second = sampler.begin_job("b")
+    clock.t = 12.0
+    b = sampler.end_job(second)
+    assert [s.t_mono for s in a.samples] == [10.0, 10.5]
+    assert [s.t_mono for s in b.samples] == [11.0, 11.5]
+    assert in_window(11.0, 11.0, 12.0) and not in_window(11.0, 10.0, 11.0)
+
+
+def test_a_tick_stamped_before_the_end_edge_is_in_the_window() -> None:
+    """The race behind a flaky count: a sample read began before the job's end edge and
+    was recorded after it. The end edge waits for that tick, so the window holds it."""
+    clock = FakeClock(100.0)
+    edge_read = threading.Event()
+
+    class Host:
+        def read_host(self, scan: bool | None = None) -> HostReading:
+            return HostReading()
+
+        def read_counters(self) -> HostCounters:
+            if clock.t >= 101.0:
+                edge_read.set()
+            return HostCounters()
+
+    class SlowGpu:
+        name, periodic_processes = "slow", False
+
+        def read_gpus(self) -> list[GpuReading]:
+            edge_read.wait(timeout=30)  # the end edge is read while this tick is in flight
+            return [GpuReading(index=0)]
+
+        def read_counters(self) -> list:  # type: ignore[type-arg]
+            return []
+
+        def read_processes(self, own_pids: set[int]) -> list:  # type: ignore[type-arg]
+            return []
+
+        def static_info(self) -> list:  # type: ignore[type-arg]
+            return []
+
+        def close(self) -> None:
+            pass
+
+    sampler = Sampler(interval_s=0, gpu_backend=SlowGpu(), host_backend=Host(),  # type: ignore[arg-type]
+                      clock=clock)
+    mark = sampler.begin_job("j")
+    clock.t = 100.5
+    ticker = threading.Thread(target=sampler.tick)
+    ticker.start()
+    while sampler._tick_lock.acquire(blocking=False):  # wait until the tick holds it
+        sampler._tick_lock.release()
+    clock.t = 101.0
+    window = sampler.end_job(mark)
+    ticker.join()
+    assert [s.t_mono for s in window.samples] == [100.5]

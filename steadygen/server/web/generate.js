@@ -5,6 +5,7 @@ import { api, ApiError, openStream } from "./api.js";
 import { $, $$, h, secs } from "./dom.js";
 import { editBody, initEdit } from "./edit.js";
 import { copyParams, diagnosisBlock, imagesGrid, jobTimes, paramsBody, phaseBar } from "./jobview.js";
+import { PREVIEW_REQUEST, resetPreview, showPreview } from "./preview.js";
 
 // The size rule until GET /readyz tells this server's limits (setModelDefaults).
 const SIDE = { min: 256, max: 2048, multiple: 16 };
@@ -184,7 +185,7 @@ async function submit() {
   button.disabled = true;
   try {
     Object.assign(body, await editBody()); // uploads the input images first
-    const job = await api("/v1/jobs", { method: "POST", body });
+    const job = await api("/v1/jobs", { method: "POST", body: { ...body, ...PREVIEW_REQUEST } });
     const { seed, init_image, mask, control_image, ...remembered } = body;
     localStorage.setItem(FORM_STORE, JSON.stringify({ ...remembered, seed: seed ?? null }));
     track(job);
@@ -210,6 +211,7 @@ function track(job) {
   $("#cancel").disabled = false;
   $("#cancel").textContent = "Cancel";
   $("#p-prompt").textContent = job.request.prompt;
+  resetPreview();
   setProgress(job.progress ? job.progress.step : 0, job.request.steps);
   setTitle(job.state === "running" ? "Generating" : "Queued");
   $("#p-position").textContent = job.state === "running" ? "running" : position(job.position);
@@ -278,6 +280,7 @@ function onJobEvent(ev) {
       active.steps = data.steps;
       setProgress(data.step, data.steps);
       setEta(data.eta_s);
+      showPreview(data);
       if (data.step >= data.steps) setTitle("Decoding and saving");
       tick();
       return false;

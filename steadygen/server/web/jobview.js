@@ -23,6 +23,8 @@ export const CAUSES = {
   foreign_gpu_process: "Another process on the GPU",
   cpu_contention: "CPU contention",
   memory_management: "Memory management",
+  offload: "Weights moved (low-VRAM mode)",
+  adapter_switch: "LoRA adapter switch",
 };
 
 export const causeName = (kind) => CAUSES[kind] || String(kind).replaceAll("_", " ");
