@@ -126,6 +126,10 @@ def test_webuiapi_img2img_with_a_mask_and_a_lora_in_the_prompt(edits: ServerProc
     assert job["request"]["mode"] == "inpaint"
     assert job["request"]["loras"] == [{"name": "tiny-style", "weight": 0.8}]
     first = job["timings"]["adapter_s"]
+    # The first job with a new LoRA is explained: the adapter switch is a cause.
+    causes = {c["kind"]: c for c in job["diagnosis"]["causes"]}
+    assert "adapter_switch" in causes, job["diagnosis"]
+    assert causes["adapter_switch"]["seconds"] == pytest.approx(first, rel=0.05, abs=0.002)
     again = api.img2img(images=[source], mask_image=hole_mask(alpha=False),
                         prompt="a castle <lora:tiny-style:0.8>", width=SIDE, height=SIDE,
                         steps=2, seed=5, inpaint_full_res=False)
