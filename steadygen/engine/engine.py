@@ -92,7 +92,6 @@ class Engine:
         self._lock = threading.Lock()
         self._warm_shapes: set[tuple[int, int, bool, int, str, bool]] = set()
         self._prompt_cache = speed.PromptCache(self.options.prompt_cache_size)
-        self._step_s_by_shape: dict[tuple[int, int, bool, int, str, bool], float] = {}
         self._warm_keys: set[tuple[Any, ...]] = set()  # shape + caption buckets
         self._memory: memory.Offloader | None = None
         self._graphs: graphs.GraphRunner | None = None
@@ -215,7 +214,6 @@ class Engine:
             twin._warm_shapes = self._warm_shapes
             twin._warm_keys = self._warm_keys
             twin._memory = self._memory
-            twin._step_s_by_shape = self._step_s_by_shape
             twin.edits = self.edits.fork()
             return twin
 
@@ -251,10 +249,6 @@ class Engine:
     @property
     def warm(self) -> bool:
         return bool(self._warm_shapes)
-
-    def step_estimate(self, req: GenerationRequest) -> float | None:
-        """The last measured warm step time for this shape, if any (for ETAs)."""
-        return self._step_s_by_shape.get(_shape(req))
 
     def preview(self, latents: Any) -> bytes:
         """A small JPEG of the first image's latents mid-denoising (``StepProgress.latents``),
@@ -353,8 +347,6 @@ class Engine:
         self._release(timings)  # 5
         self._finish_timings(timings, timings.marks)
         memory = memory_stats(self.device) if self.is_cuda else {}
-        if not timings.first_of_shape and timings.steps_s:
-            self._step_s_by_shape[shape] = sorted(timings.steps_s)[len(timings.steps_s) // 2]
         self._warm_shapes.add(shape)
         self._warm_keys.add(key)
         return GenerationResult(

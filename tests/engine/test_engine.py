@@ -141,7 +141,6 @@ def test_first_of_shape_then_warm(engine: Engine, make_req: Any) -> None:
     second = engine.generate(req).timings
     assert first.first_of_shape and not second.first_of_shape
     assert engine.is_warm(256, 272) and engine.warm
-    assert engine.step_estimate(req) == sorted(second.steps_s)[len(second.steps_s) // 2]
 
 
 def test_a_new_caption_bucket_is_a_first_run_of_its_shape(engine: Engine,
