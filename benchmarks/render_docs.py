@@ -104,7 +104,10 @@ def engine_overhead(d: dict[str, Any]) -> str:
     variants = d["summary"]["variants"]
     rows = [[ENGINE_LABELS.get(k, k), ms(variants[k]["seconds"]["median"]),
              _ratio_cell(variants[k])] for k in ordered(variants, list(ENGINE_LABELS))]
-    same = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in d["same_image_as_plain"].items())
+    same = ", ".join(
+        f"{k} {'yes' if v['same'] else 'NO'} (at most {v['max_level_difference']} level apart "
+        f"on {v['pixels_differing']:.4%} of pixels)" if isinstance(v, dict)
+        else f"{k} {'yes' if v else 'NO'}" for k, v in d["same_image_as_plain"].items())
     ratio = variants["engine"]["ratio_to_baseline"]["median"]
     return header(d) + "\n" + table(
         ["variant", f"median ({d['params']['clock']} clock)",

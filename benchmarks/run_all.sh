@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every CPU benchmark with the arguments docs/ quotes, writing docs/figures/*.json and
 # docs/bench/*/, then renders the figures into docs/*.md (benchmarks/render_docs.py).
-# About 20 minutes on a 2-core machine; run it on a machine as quiet as you can get.
+# About 35 minutes on a 2-core machine; run it on a machine as quiet as you can get. The
+# sampler runs 12 pairs of 5 s (longer runs: --seconds 10 --pairs 30).
 #
 #   benchmarks/run_all.sh                  # with .venv/bin/python (scripts/test.sh makes it)
 #   PYTHON=/path/to/python benchmarks/run_all.sh
@@ -23,7 +24,7 @@ step() {
   "$@"
 }
 
-step "$PY" benchmarks/sampler_overhead.py --seconds 10 --pairs 30 --steps 8 --size 256x256
+step "$PY" benchmarks/sampler_overhead.py --seconds 5 --pairs 12 --steps 8 --size 256x256
 step "$PY" benchmarks/engine_overhead.py --pairs 30
 step "$PY" benchmarks/engine_overhead.py --pairs 30 --clock cpu --json docs/figures/engine_overhead_cpu.json
 step "$PY" benchmarks/http_overhead.py --pairs 40

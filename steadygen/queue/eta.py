@@ -46,10 +46,11 @@ class ServiceTimes:
     """Recent service seconds per shape label. The table is plain data, so the Redis
     queue can keep it in a hash (one JSON list per label) and the API processes read it."""
 
-    def __init__(self, table: Mapping[str, Iterable[float]] | None = None):
+    def __init__(self, table: Mapping[str, Iterable[float]] | None = None,
+                 cold: Iterable[str] = ()):
         self.table: dict[str, list[float]] = {k: list(v)[-WINDOW:] for k, v in
                                               (table or {}).items()}
-        self._cold: set[str] = set()  # labels known only from a first (cold) run
+        self._cold: set[str] = set(cold)  # labels known only from a first (cold) run
 
     def observe(self, req: GenerationRequest, service_s: float, cold: bool = False) -> None:
         """Add one job's service time. A cold run (the first of its shape in a process:
@@ -67,15 +68,19 @@ class ServiceTimes:
         del values[:-WINDOW]
 
     def expected_s(self, req: GenerationRequest) -> float:
+        """In order of trust: this shape's warm runs; warm runs of its size at other step
+        counts, scaled by steps; its own cold run; a cold run of its size, scaled; a guess."""
         label = shape_label(req)
-        known = self.table.get(label)
-        if known:
-            return statistics.median(known)
         family, steps = _family(label)
-        per_step = [statistics.median(v) / s for k, v in self.table.items() if v
-                    for fam, s in [_family(k)] if fam == family and s > 0]
-        if per_step:
-            return statistics.median(per_step) * steps
+        for warm in (True, False):
+            known = self.table.get(label)
+            if known and (label in self._cold) != warm:
+                return statistics.median(known)
+            per_step = [statistics.median(v) / s for k, v in self.table.items()
+                        if v and (k in self._cold) != warm
+                        for fam, s in [_family(k)] if fam == family and s > 0]
+            if per_step:
+                return statistics.median(per_step) * steps
         return rough_service_s(req)
 
 

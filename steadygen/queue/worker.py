@@ -49,6 +49,7 @@ log = logging.getLogger("steadygen.worker")
 
 T = TypeVar("T")
 TRANSIENT = (QueueUnavailable, StorageError)  # the queue's backend had a bad moment
+CLAIM_WAITED_S = 0.25  # a claim that took longer waited for a job: not service time
 # Running it again cannot help: bad input found late, a setting, a model that cannot run, or
 # a request too large for the card (the message says to make it smaller).
 PERMANENT = (InvalidRequest, ConfigError, ModelError, OutOfMemory)
@@ -132,6 +133,7 @@ class JobWorker:
         """Claim and run jobs until ``request_stop``."""
         backoff = Backoff(0.5, 30.0)
         while not self.stopping.is_set():
+            asked = time.monotonic()
             try:
                 claim = self.queue.claim(self.name, self.claim_block_s)
             except TRANSIENT as exc:
@@ -142,7 +144,9 @@ class JobWorker:
                 continue
             backoff.reset()
             if claim is not None:
-                self.run_claim(claim)
+                # Service starts with the claim, unless the claim waited for a job to arrive.
+                got = time.monotonic()
+                self.run_claim(claim, started=asked if got - asked < CLAIM_WAITED_S else got)
 
     def request_stop(self, grace_s: float) -> None:
         """Take no more jobs; the job in hand may finish within ``grace_s``, then it is
@@ -166,14 +170,16 @@ class JobWorker:
 
     # -- one job -----------------------------------------------------------------------
 
-    def run_claim(self, claim: Claim) -> None:
+    def run_claim(self, claim: Claim, started: float | None = None) -> None:
+        """Run one claimed job to its durable end. ``started`` (monotonic): when the worker
+        began on it (the claim), from which its service time counts."""
         job = claim.job
         self._cancel = cancel = threading.Event()
         self.current, self._handing_back = claim, False
         lease = Lease(self.queue, claim, cancel, self.queue.heartbeat_every_s or 0.0)
         if self.queue.heartbeat_every_s:
             lease.start()
-        started = time.monotonic()
+        started = started if started is not None else time.monotonic()
         expected = self.queue.eta_s(job) or 0.0
         try:
             self.queue.set_expected(claim, expected)
@@ -204,20 +210,22 @@ class JobWorker:
                 log.exception("job %s failed unexpectedly", job.id)
             self._failed(claim, lease, message, retryable)
         else:
-            record["service_s"] = round(time.monotonic() - started, 6)
-            self._succeeded(claim, record)
+            self._succeeded(claim, record, started)
         finally:
             lease.stop()
             self.current = None
 
-    def _succeeded(self, claim: Claim, record: dict[str, Any]) -> None:
+    def _succeeded(self, claim: Claim, record: dict[str, Any], started: float) -> None:
         paths = [self.ctx.images_dir / rel for rel in record["images"]]
         _fsync_dirs(paths)  # the PNGs are fsynced by save_png; make their names durable too
+        record["service_s"] = round(time.monotonic() - started, 6)  # up to its own write
         brief = {"result": brief_result(claim.job.id, record)}
         if self._end(claim, JobState.SUCCEEDED, brief, result=record):
+            # What the ETAs of the jobs behind it must count: claim to recorded end.
+            service_s = time.monotonic() - started
             try:
                 cold = bool(record["timings"].get("first_of_shape"))
-                self.queue.observe_service(claim.job.request, record["service_s"], cold)
+                self.queue.observe_service(claim.job.request, service_s, cold)
             except TRANSIENT as exc:  # ETAs only
                 log.debug("service time not recorded: %s", exc)
         else:  # a duplicate: another attempt finished first; its images are the job's

@@ -42,3 +42,13 @@ def test_an_unseen_step_count_scales_from_the_same_size(make_req: Any) -> None:
 def test_a_waiting_job_ends_after_the_shared_work_ahead_then_its_own() -> None:
     assert queued_eta_s(own_s=1.0, ahead_s=4.0, running_left_s=2.0, workers=2) == 4.0
     assert queued_eta_s(own_s=1.0, ahead_s=0.0, running_left_s=0.0, workers=0) == 1.0
+
+
+def test_warm_runs_of_the_same_size_beat_a_cold_run_of_the_shape(make_req: Any) -> None:
+    times = ServiceTimes()
+    times.observe(make_req(steps=4), 3.0, cold=True)  # 4 steps: only its first, cold run
+    times.observe(make_req(steps=8), 1.6)  # 8 steps: warm
+    assert times.expected_s(make_req(steps=4)) == pytest.approx(0.8)  # scaled from warm
+    other = ServiceTimes({"256x256:4:0:1": [3.0]}, cold=["256x256:4:0:1"])
+    assert other.expected_s(make_req(steps=4)) == pytest.approx(3.0)  # all there is
+    assert other.expected_s(make_req(steps=8)) == pytest.approx(6.0)  # scaled from cold

@@ -184,7 +184,9 @@ class ApiSide(QueueBase):
             raw = self._call("read service times",
                              lambda: self._r.hgetall(self._key("service_s")))
             return ServiceTimes({label: json.loads(v) for label, v in raw.items()
-                                 if v.startswith("[")})
+                                 if v.startswith("[")},
+                                cold=[k.removesuffix("|cold") for k in raw
+                                      if k.endswith("|cold")])
 
         return self._cached("service_s", 2.0, read)
 
