@@ -199,12 +199,13 @@ class Previewer:
 
 
 class PreviewBudget:
-    """Keeps a job's previews within ``share`` of its step time: a step gets a preview while
-    the previews so far took at most ``share`` of the steps so far. The first step always
-    gets one; when steps are long against a preview (any real model on a GPU: ~1 ms against
-    tens of ms or more) every step does; on a model whose steps take a few ms (the tiny
-    model at small sizes) some steps go without, and the cost stays bounded all the same:
-    previews_s <= share * steps_s + one preview."""
+    """Keeps a job's previews within ``share`` of its step time: a step gets a preview when
+    the previews so far plus one more (at their mean cost) stay within ``share`` of the
+    steps so far. The first step always gets one (its cost is not known before); when
+    steps are long against a preview (any real model on a GPU: ~1 ms against tens of ms or
+    more) every step does; on a model whose steps take a few ms (the tiny model at small
+    sizes) some steps go without, and the cost stays bounded all the same:
+    previews_s <= share * steps_s, but for the first preview."""
 
     def __init__(self, share: float = PREVIEW_SHARE,
                  clock: Callable[[], float] = time.perf_counter):
@@ -218,7 +219,8 @@ class PreviewBudget:
         """Count a finished step of ``step_s`` seconds; return ``make()`` if the budget
         allows a preview now, else None."""
         self.steps_s += step_s
-        if self.previews_s > self.share * self.steps_s:
+        if self.made and self.previews_s * (self.made + 1) / self.made > (
+                self.share * self.steps_s):
             return None
         t0 = self._clock()
         out = make()

@@ -141,7 +141,7 @@ def test_preview_flag_leaves_the_shape_key_alone(engine: Engine, make_req: Any) 
 def test_budget_keeps_previews_within_their_share_of_step_time() -> None:
     """A fake clock for the preview (its cost is what the budget counts): 1 ms previews
     against 10 ms steps at a 2 % share allow about one step in five, the first one always,
-    and the total stays within the share plus one preview."""
+    and once the first is paid for, the total stays within the share."""
     clock = [0.0]
 
     def make() -> bytes:
@@ -152,7 +152,7 @@ def test_budget_keeps_previews_within_their_share_of_step_time() -> None:
     made = [budget.maybe(0.010, make) is not None for _ in range(100)]
     assert made[0] and budget.made == sum(made)
     assert 15 <= sum(made) <= 25  # 2 % of 1 s of steps = 20 ms = about 20 previews
-    assert budget.previews_s <= 0.02 * budget.steps_s + 0.001 + 1e-9
+    assert budget.previews_s <= 0.02 * budget.steps_s + 1e-9
     # long steps against the preview: every step gets one
     slow = PreviewBudget(share=0.02, clock=lambda: clock[0])
     assert all(slow.maybe(0.200, make) is not None for _ in range(20))
