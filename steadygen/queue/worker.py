@@ -180,9 +180,8 @@ class JobWorker:
         if self.queue.heartbeat_every_s:
             lease.start()
         started = started if started is not None else time.monotonic()
-        expected = self.queue.eta_s(job) or 0.0
-        try:
-            self.queue.set_expected(claim, expected)
+        try:  # progress for the ETAs behind it; best effort, like every progress report
+            self.queue.set_expected(claim, self.queue.eta_s(job) or 0.0)
         except TRANSIENT as exc:
             log.debug("job %s: expected service not published: %s", job.id, exc)
         self.queue.announce_positions()  # every waiting job moved up
