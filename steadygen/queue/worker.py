@@ -146,7 +146,12 @@ class JobWorker:
             if claim is not None:
                 # Service starts with the claim, unless the claim waited for a job to arrive.
                 got = time.monotonic()
-                self.run_claim(claim, started=asked if got - asked < CLAIM_WAITED_S else got)
+                try:
+                    self.run_claim(claim, started=asked if got - asked < CLAIM_WAITED_S
+                                   else got)
+                except Exception:  # a bug past the job's own handling: the worker lives on
+                    log.exception("job %s: its end could not be handled; it stays running "
+                                  "and runs again later", claim.job.id)
 
     def request_stop(self, grace_s: float) -> None:
         """Take no more jobs; the job in hand may finish within ``grace_s``, then it is
