@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from steadygen.config import Limits
-from steadygen.errors import FieldError, InvalidRequest
+from steadygen.errors import FieldError, InvalidRequest, StorageError
 
 REF_RE = re.compile(r"^[0-9a-f]{64}$")
 FORMATS = ("PNG", "JPEG", "WEBP")
@@ -135,23 +135,33 @@ def write_input(image: Any, inputs_dir: Path) -> StoredInput:
     inputs_dir = Path(inputs_dir)
     target = inputs_dir / f"{ref}.png"
     if not target.is_file():
-        inputs_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".in-", suffix=".png", dir=inputs_dir)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(inputs_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            _write_durably(data, target)
+        except OSError as exc:  # a full disk or an unwritable data directory: 507, not 500
+            raise StorageError(
+                f"cannot store the input image in {inputs_dir}: {exc.strerror or exc}; free "
+                "space in the data directory or make it writable"
+            ) from exc
     return StoredInput(ref, image.width, image.height)
+
+
+def _write_durably(data: bytes, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".in-", suffix=".png", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def store_image(

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from steadygen.config import Limits
-from steadygen.errors import InvalidRequest
+from steadygen.errors import InvalidRequest, StorageError
 from steadygen.inputs import (
     check_ref,
     decode_base64,
@@ -63,6 +63,16 @@ def test_a_good_image_is_stored_once_by_content(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [f"{a.ref}.png"]  # no temp file left
     assert load_input(tmp_path, a.ref).getpixel((0, 0)) == (10, 200, 30)
     assert check_ref(a.ref, "init_image", tmp_path) == a
+
+
+def test_an_unwritable_inputs_directory_is_a_storage_error(tmp_path: Path) -> None:
+    """A data directory that cannot take the image (here: its path is a file) is a
+    StorageError, which the API answers 507 naming the directory, not a 500."""
+    blocked = tmp_path / "inputs"
+    blocked.write_text("not a directory")
+    data = png(Image.new("RGB", (40, 30), (10, 200, 30)))
+    with pytest.raises(StorageError, match="cannot store the input image in .*inputs"):
+        store_image(data, "image", LIMITS, blocked)
 
 
 @pytest.mark.parametrize(
