@@ -198,11 +198,19 @@ def _one_off(t: Any) -> float:
 
 def _split(causes: list[Cause], expected_s: float) -> tuple[list[Cause], list[str]]:
     """The causes worth naming (past the noise floor), and a note for each one measured
-    below it, so a cheap cold start or cache emptying is said without being blamed."""
+    below it, so a cheap cold start or cache emptying is said without being blamed.
+
+    An adapter switch is an event of this job alone (a new LoRA set), timed in full: it is
+    named past ``MIN_SECONDS`` whatever the job's length, so "the first image with a new LoRA
+    was slower" is always explained. A queue wait below the floor is not worth a note."""
     floor = max(MIN_SECONDS, MIN_SHARE * expected_s)
-    named = [c for c in causes if c.seconds >= floor]
+
+    def worth(c: Cause) -> bool:
+        return c.seconds >= (MIN_SECONDS if c.kind == ADAPTER else floor)
+
+    named = [c for c in causes if worth(c)]
     quiet = [f"{c.kind} measured below the noise floor ({c.seconds:.3f} s < {floor:.3f} s): "
-             f"{c.evidence}" for c in causes if c.seconds < floor and c.kind in (COLD, MEMORY)]
+             f"{c.evidence}" for c in causes if not worth(c) and c.kind != QUEUE]
     return named, quiet
 
 

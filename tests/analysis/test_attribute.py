@@ -321,6 +321,22 @@ def test_measured_phases_are_booked_through_one_table() -> None:
     assert attribute(timings([0.1] * 8), expectation()).causes == []
 
 
+def test_an_adapter_switch_is_named_below_the_share_floor_and_other_phases_are_noted() -> None:
+    # 10 ms of 1 s is under the 5 % floor; a LoRA switch is still this job's own event and is
+    # named, whatever the expectation; an offload that cheap is a note, a queue wait nothing.
+    t = with_phases(timings([0.1] * 8), adapter_s=0.01, offload_s=0.01)
+    t.queue_wait_s = 0.01
+    d = attribute(t, expectation())
+    assert kinds(d) == {ADAPTER}
+    assert must(d, ADAPTER).seconds == pytest.approx(0.01)
+    assert any(n.startswith("offload measured below the noise floor") for n in d.notes)
+    assert not any(n.startswith("queue_wait") for n in d.notes)
+    # under MIN_SECONDS (2 ms) even a switch is noise: said, not named
+    d = attribute(with_phases(timings([0.1] * 8), adapter_s=0.001), expectation())
+    assert d.causes == []
+    assert any(n.startswith("adapter_switch measured below the noise floor") for n in d.notes)
+
+
 def test_a_phase_every_run_pays_is_left_out_of_the_expectation_and_booked() -> None:
     # A low-VRAM mode offloads in every run: the baseline keeps that phase apart, so the
     # expectation is the work without it and the offload shows as its own cause.
