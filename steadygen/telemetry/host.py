@@ -139,6 +139,7 @@ class HostBackend:
         self._known: dict[int, psutil.Process] = {}
         self._top: tuple[ForeignCpuProcess, ...] = ()
         self._last_scan = float("-inf")
+        self.scans = 0  # foreign-process scans so far (job edges check one ran)
         self._cpu_freq_ok = True
         self._freq_mhz: float | None = None
         psutil.cpu_percent(interval=None)  # baseline for the first reading
@@ -150,6 +151,7 @@ class HostBackend:
             self._top = self._scan_foreign()
             self._freq_mhz = self._cpu_freq()
             self._last_scan = now
+            self.scans += 1
         own = self._own_stat()
         mem = read_meminfo()
         return HostReading(

@@ -76,6 +76,7 @@ class JobMark:
     t_start: float
     counters: EdgeCounters
     processes: list[GpuProcess] | None
+    host_scans: int | None = None  # the host's foreign-process scans so far (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,17 @@ class Sampler:
                 log.exception("GPU counters failed")
         return EdgeCounters(t_mono=self._clock(), host=self.host.read_counters(), gpus=gpus)
 
+    def _host_scans(self) -> int | None:
+        scans = getattr(self.host, "scans", None)
+        return scans if isinstance(scans, int) else None
+
+    def _record_edge_sample(self) -> None:
+        try:
+            self.record(self.read_sample(scan_host=True))
+        except Exception:
+            self._errors += 1
+            log.exception("telemetry sample at a job's end failed")
+
     def _edge_processes(self) -> list[GpuProcess] | None:
         try:
             return self._read_processes()
@@ -309,9 +321,16 @@ class Sampler:
         processes = self._edge_processes()
         counters = self.read_counters()
         return JobMark(job_id=job_id, t_start=counters.t_mono, counters=counters,
-                       processes=processes)
+                       processes=processes, host_scans=self._host_scans())
 
     def end_job(self, mark: JobMark) -> TelemetryWindow:
+        if (self.running and mark.host_scans is not None
+                and self._host_scans() == mark.host_scans):
+            # No scan of other processes ran during this job (one shorter than the scan
+            # interval): one now measures their CPU since the last scan, which covers the
+            # job, so a competitor started just before it is seen in its window.
+            with self._tick_lock:  # host readings are never taken by two threads at once
+                self._record_edge_sample()
         counters = self.read_counters()
         with self._tick_lock:  # a tick stamped before the edge is recorded before the cut
             pass

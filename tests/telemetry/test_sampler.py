@@ -53,6 +53,43 @@ def test_sampler_off_still_gives_counter_deltas() -> None:
     sampler.stop()
 
 
+def test_a_job_shorter_than_the_scan_interval_still_sees_a_competitor_started_before_it(
+) -> None:
+    # Other processes are scanned once a minute here; the job lasts a fraction of that. A
+    # burner started after the last scan and just before the job must be in the job's window
+    # (the end edge scans when no scan ran during the job), and only once per job.
+    import subprocess
+    import sys
+
+    host = HostBackend(scan_every_s=60.0)
+    sampler = Sampler(interval_s=0.05, enable_gpu=False, host_backend=host)
+    sampler.start()
+    for _ in range(500):  # the thread's first tick has done its scan
+        if host.scans:
+            break
+        threading.Event().wait(0.01)
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        threading.Event().wait(0.3)  # the burner runs before the job starts
+        assert host.scans == 1 and not any(
+            p.pid == burner.pid for p in sampler.latest().host.top_foreign)
+        mark = sampler.begin_job("short")
+        threading.Event().wait(0.2)
+        window = sampler.end_job(mark)
+        seen = [p for s in window.samples for p in s.host.top_foreign if p.pid == burner.pid]
+        assert seen and max(p.cpu_pct for p in seen) > 5, window.samples[-1].host.top_foreign
+        assert host.scans == 2
+        # A job during which a scan ran gets no extra one at its end.
+        mark = sampler.begin_job("scanned")
+        sampler.read_sample(scan_host=True)
+        sampler.end_job(mark)
+        assert host.scans == 3
+    finally:
+        burner.kill()
+        burner.wait()
+        sampler.stop()
+
+
 def test_no_gpu_says_so_once(
     fake_nvml: FakeNvml, no_nvidia_smi: None, caplog: pytest.LogCaptureFixture
 ) -> None:
