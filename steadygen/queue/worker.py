@@ -13,6 +13,8 @@ A job's path through it::
                                 (handing back, not an attempt); by losing the lease: nothing
     a failure                   permanent (bad input found late): finish(failed); otherwise
                                 retry while attempts remain, then finish(failed, dead letter)
+    a failure of the worker     outside the job (a bug, a queue call that gave up): a failed
+                                attempt as above, so no live worker keeps a job it dropped
 
 Every end is written with retries (backoff) until the queue takes it or the worker stops:
 an outcome is never dropped because the disk or Redis had a bad moment; if the worker
@@ -149,9 +151,17 @@ class JobWorker:
                 try:
                     self.run_claim(claim, started=asked if got - asked < CLAIM_WAITED_S
                                    else got)
-                except Exception:  # a bug past the job's own handling: the worker lives on
-                    log.exception("job %s: its end could not be handled; it stays running "
-                                  "and runs again later", claim.job.id)
+                except Exception as exc:  # a bug past the job's own handling
+                    # The worker lives on, and the job must not stay held by a live worker
+                    # (nothing would ever run it): it is a failed attempt, retried or
+                    # dead-lettered like any other. A job that already ended stays ended.
+                    log.exception("job %s: the worker's handling of it failed", claim.job.id)
+                    try:
+                        self._failed(claim, None, f"worker error: {type(exc).__name__}: {exc}",
+                                     retryable=True)
+                    except Exception:
+                        log.exception("job %s: could not be given back either; it runs again "
+                                      "when this worker stops", claim.job.id)
 
     def request_stop(self, grace_s: float) -> None:
         """Take no more jobs; the job in hand may finish within ``grace_s``, then it is
@@ -189,7 +199,10 @@ class JobWorker:
             self.queue.set_expected(claim, self.queue.eta_s(job) or 0.0)
         except TRANSIENT as exc:
             log.debug("job %s: expected service not published: %s", job.id, exc)
-        self.queue.announce_positions()  # every waiting job moved up
+        try:  # every waiting job moved up
+            self.queue.announce_positions()
+        except TRANSIENT as exc:
+            log.debug("positions not announced: %s", exc)
         log.info("job %s: attempt %d on %s", job.id, claim.attempt, self.name)
 
         def emit(kind: str, data: dict[str, Any]) -> None:
@@ -249,9 +262,10 @@ class JobWorker:
             return
         self._end(claim, JobState.CANCELLED, {"at_step": at_step})
 
-    def _failed(self, claim: Claim, lease: Lease, message: str, retryable: bool) -> None:
+    def _failed(self, claim: Claim, lease: Lease | None, message: str,
+                retryable: bool) -> None:
         job = claim.job
-        if lease.lost:
+        if lease is not None and lease.lost:
             return
         if retryable and claim.attempt < self.queue.max_attempts:
             log.warning("job %s: attempt %d of %d failed: %s; it goes back in the queue",

@@ -391,6 +391,42 @@ def test_a_stopping_worker_hands_its_job_back(backend: Harness, make_req: Any) -
     assert keys == sorted(set(keys))
 
 
+def test_a_queue_outage_or_a_worker_bug_around_a_job_never_leaves_it_held(
+    backend: Harness, make_req: Any
+) -> None:
+    # The queue is unreachable while the worker announces positions at a job's start (a
+    # best-effort report: the job runs), and the worker's own bookkeeping raises before
+    # another job runs (a bug: that attempt fails and the job runs again). Neither job may be
+    # left held by the live worker, where nothing would ever run it.
+    queue = backend.queue()
+    announce, set_expected = queue.announce_positions, queue.set_expected
+    calls = {"announce": 0, "expected": 0}
+
+    def flaky_announce() -> None:
+        calls["announce"] += 1
+        if calls["announce"] == 1:
+            raise QueueUnavailable("the job queue went away for a moment")
+        announce()
+
+    def buggy_set_expected(claim: Any, eta_s: float) -> None:
+        calls["expected"] += 1
+        if calls["expected"] == 2:
+            raise RuntimeError("a bug in the worker's bookkeeping")
+        set_expected(claim, eta_s)
+
+    queue.announce_positions = flaky_announce  # type: ignore[method-assign]
+    queue.set_expected = buggy_set_expected  # type: ignore[method-assign]
+    first = queue.submit(make_req(steps=1, seed=1))
+    backend.start_worker(queue)
+    [done] = wait_done(queue, first.id)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 1  # the outage cost nothing
+    second = queue.submit(make_req(steps=1, seed=2))
+    [done] = wait_done(queue, second.id)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 2, done
+    assert "requeued" in kinds(queue, second.id)
+    assert calls == {"announce": 2, "expected": 3}  # the buggy attempt stopped before announcing
+
+
 def test_failures_of_the_job_itself_are_final_and_others_are_retried() -> None:
     from steadygen.errors import InvalidRequest, OutOfMemory, StorageError
     from steadygen.queue.worker import classify_failure

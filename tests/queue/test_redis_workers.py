@@ -99,7 +99,10 @@ class Cluster:
             view = self.job(job_id)
             return view if view["state"] in ("succeeded", "failed", "cancelled") else None
 
-        return wait_for(ended, timeout_s, f"job {job_id} to end", every_s=0.2)
+        try:
+            return wait_for(ended, timeout_s, f"job {job_id} to end", every_s=0.2)
+        except AssertionError as exc:  # say what the processes were doing
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
 
     def wait_running(self, job_id: str, min_step: int = 1) -> dict[str, Any]:
         def running() -> dict[str, Any] | None:
