@@ -188,13 +188,21 @@ class JobWorker:
     def run_claim(self, claim: Claim, started: float | None = None) -> None:
         """Run one claimed job to its durable end. ``started`` (monotonic): when the worker
         began on it (the claim), from which its service time counts."""
-        job = claim.job
         self._cancel = cancel = threading.Event()
         self.current, self._handing_back = claim, False
         lease = Lease(self.queue, claim, cancel, self.queue.heartbeat_every_s or 0.0)
         if self.queue.heartbeat_every_s:
             lease.start()
-        started = started if started is not None else time.monotonic()
+        try:  # however this ends, the claim is renewed only while the job is in hand
+            self._run_held(claim, lease, cancel,
+                           started if started is not None else time.monotonic())
+        finally:
+            lease.stop()
+            self.current = None
+
+    def _run_held(self, claim: Claim, lease: Lease, cancel: threading.Event,
+                  started: float) -> None:
+        job = claim.job
         try:  # progress for the ETAs behind it; best effort, like every progress report
             self.queue.set_expected(claim, self.queue.eta_s(job) or 0.0)
         except TRANSIENT as exc:
@@ -228,9 +236,6 @@ class JobWorker:
             self._failed(claim, lease, message, retryable)
         else:
             self._succeeded(claim, record, started)
-        finally:
-            lease.stop()
-            self.current = None
 
     def _succeeded(self, claim: Claim, record: dict[str, Any], started: float) -> None:
         paths = [self.ctx.images_dir / rel for rel in record["images"]]

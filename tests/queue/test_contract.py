@@ -425,6 +425,10 @@ def test_a_queue_outage_or_a_worker_bug_around_a_job_never_leaves_it_held(
     assert done.state is JobState.SUCCEEDED and done.attempts == 2, done
     assert "requeued" in kinds(queue, second.id)
     assert calls == {"announce": 2, "expected": 3}  # the buggy attempt stopped before announcing
+    # and no claim is renewed for a job no longer in hand (a renewal would keep it held)
+    wait_until(lambda: not [t for t in threading.enumerate()
+                            if t.name.startswith("steadygen-lease-") and t.is_alive()],
+               "the claims' renewals to stop", timeout_s=10)
 
 
 def test_failures_of_the_job_itself_are_final_and_others_are_retried() -> None:
