@@ -212,11 +212,12 @@ class Sampler:
                 delay = 0.0
             self._stop.wait(max(0.0, delay))
 
-    def tick(self) -> Sample | None:
-        """Read one sample into the ring (the thread calls this; tests may too)."""
+    def tick(self, scan_host: bool | None = None) -> Sample | None:
+        """Read one sample into the ring (the thread calls this, a job's end edge may, and
+        tests); ``scan_host`` as in ``read_sample``."""
         with self._tick_lock:
             try:
-                sample = self.read_sample()
+                sample = self.read_sample(scan_host)
             except Exception as exc:  # the thread must not die on a reading
                 self._errors += 1
                 key = type(exc).__name__
@@ -303,13 +304,6 @@ class Sampler:
         scans = getattr(self.host, "scans", None)
         return scans if isinstance(scans, int) else None
 
-    def _record_edge_sample(self) -> None:
-        try:
-            self.record(self.read_sample(scan_host=True))
-        except Exception:
-            self._errors += 1
-            log.exception("telemetry sample at a job's end failed")
-
     def _edge_processes(self) -> list[GpuProcess] | None:
         try:
             return self._read_processes()
@@ -328,9 +322,9 @@ class Sampler:
                 and self._host_scans() == mark.host_scans):
             # No scan of other processes ran during this job (one shorter than the scan
             # interval): one now measures their CPU since the last scan, which covers the
-            # job, so a competitor started just before it is seen in its window.
-            with self._tick_lock:  # host readings are never taken by two threads at once
-                self._record_edge_sample()
+            # job, so a competitor started just before it is seen in its window. (A tick
+            # holds the lock: host readings are never taken by two threads at once.)
+            self.tick(scan_host=True)
         counters = self.read_counters()
         with self._tick_lock:  # a tick stamped before the edge is recorded before the cut
             pass

@@ -426,8 +426,9 @@ def test_a_queue_outage_or_a_worker_bug_around_a_job_never_leaves_it_held(
     assert "requeued" in kinds(queue, second.id)
     assert calls == {"announce": 2, "expected": 3}  # the buggy attempt stopped before announcing
     # and no claim is renewed for a job no longer in hand (a renewal would keep it held)
+    renewals = {f"steadygen-lease-{first.id}", f"steadygen-lease-{second.id}"}
     wait_until(lambda: not [t for t in threading.enumerate()
-                            if t.name.startswith("steadygen-lease-") and t.is_alive()],
+                            if t.name in renewals and t.is_alive()],
                "the claims' renewals to stop", timeout_s=10)
 
 
